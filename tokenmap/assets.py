@@ -275,7 +275,7 @@ def _convert_llama3(folder: Path) -> None:
         "bos_token": "<|begin_of_text|>",
         "eos_token": "<|end_of_text|>",
         "add_bos_token": True,
-        "clean_up_tokenization_spaces": True,
+        "clean_up_tokenization_spaces": False,
         "model_input_names": ["input_ids", "attention_mask"],
         "model_max_length": 131072,
     }

@@ -1,0 +1,229 @@
+"""The ASR prompt of Fun-ASR-Nano in any chat family, as a processor chat template and as training ids.
+
+One source of truth: `build_chat_template(family, markers)` writes the Jinja chat template that a swapped model's
+`FunAsrNanoProcessor` carries (the content items of the converted checkpoint's template: audio, text prompt,
+keywords, language, plus `itn`), in the family's role format. `build_asr_prompt` renders that same template through
+the tokenizer's own `apply_chat_template`, so training ids and inference prompts are token-identical by
+construction; for qwen3 with the default system prompt the result is the reference Fun-ASR-Nano prompt.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from tokenmap.families import ChatFamily, detect_family, get_family
+from tokenmap.markers import SpeechMarkers
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+DEFAULT_SYSTEM = "You are a helpful assistant."
+CONTEXT_PREAMBLE = "请结合上下文信息，更加准确地完成语音转写任务。如果没有相关信息，我们会留空。\n\n\n**上下文信息：**\n\n\n"
+TASK = "语音转写"
+NO_ITN = "，不进行文本规整"
+# The checkpoint was trained with these Chinese language names ("语音转写成<NAME>：").
+LANGUAGE_NAMES = {"zh": "中文", "chinese": "中文", "en": "英文", "english": "英文", "ja": "日文", "japanese": "日文"}
+QWEN3_PLACEHOLDER = "<|object_ref_start|>"
+IGNORE_INDEX = -100
+
+
+def language_name(language: str) -> str:
+    """The checkpoint's name for a language code or English name; other names pass through unchanged."""
+    return LANGUAGE_NAMES.get(language.strip().lower(), language)
+
+
+@dataclass(frozen=True)
+class AsrTask:
+    """What the user turn asks for: plain transcription, into a language, without ITN, with hotwords/context."""
+
+    language: str | None = None
+    itn: bool = True
+    hotwords: tuple[str, ...] = ()
+    context: tuple[str, ...] = ()  # free-text context prompts (the checkpoint's "text" items)
+
+    def user_content(self) -> list[dict]:
+        """The user message's content items, in the order `apply_transcription_request` builds them."""
+        items: list[dict] = [{"type": "audio"}]
+        items += [{"type": "text", "text": text} for text in self.context]
+        if self.hotwords:
+            items.append({"type": "keywords", "keywords": list(self.hotwords)})
+        if self.language is not None:
+            items.append({"type": "language", "language": language_name(self.language)})
+        if not self.itn:
+            items.append({"type": "itn", "itn": False})
+        return items
+
+
+@dataclass(frozen=True)
+class AsrPrompt:
+    """Token ids of one ASR example: prompt (+ target), labels, and where the audio frames go."""
+
+    input_ids: list[int]
+    labels: list[int]  # IGNORE_INDEX on the prompt and audio; the target text and end-of-turn token supervised
+    audio_start: int  # index of the first audio placeholder
+    audio_length: int  # number of placeholders = adaptor frames
+
+    @property
+    def prompt_length(self) -> int:
+        return next((i for i, label in enumerate(self.labels) if label != IGNORE_INDEX), len(self.labels))
+
+
+def _lit(text: str) -> str:
+    """A Jinja expression that outputs `text` verbatim."""
+    return "{{ " + json.dumps(text, ensure_ascii=False) + " }}" if text else ""
+
+
+def build_chat_template(family: str | ChatFamily, markers: SpeechMarkers | str | None = None) -> str:
+    """The Jinja chat template of a swapped model's processor, in `family`'s role format.
+
+    `markers` gives the audio item's text (a `SpeechMarkers`, or the placeholder token itself); the default is the
+    Qwen3 base's `<|object_ref_start|>`. For qwen3 the template renders exactly what the converted Fun-ASR-Nano
+    checkpoint's template renders.
+    """
+    fam = get_family(family)
+    audio = _lit(markers.audio_span if isinstance(markers, SpeechMarkers) else (markers or QWEN3_PLACEHOLDER))
+    fold_before, _, fold_after = fam.system_fold.partition("{system}")
+    think = ""
+    if fam.think_block:  # Qwen3 non-thinking mode writes an empty think block at the start of the answer
+        think = "{%- if enable_thinking is defined and enable_thinking is false -%}" + _lit(fam.think_block) + "{%- endif -%}"
+    if fam.has_system:
+        system_turn = _lit(fam.system_start) + "{{ text }}" + _lit(fam.system_end)
+        default_system = _lit(fam.system_start + DEFAULT_SYSTEM + fam.system_end)
+    else:  # the family has no system role: keep the text for the first user turn
+        system_turn = "{% set ns.system = text %}"
+        default_system = "{% set ns.system = " + json.dumps(DEFAULT_SYSTEM) + " %}"
+    parts = [
+        "{%- macro render(message) -%}",
+        "{%- if message['content'] is string -%}{{ message['content'] }}",
+        "{%- else -%}",
+        "{%- set audio_items = message['content'] | selectattr('type', 'equalto', 'audio') | list -%}",
+        "{%- if message['role'] == 'user' and audio_items -%}",
+        "{%- set text_items = message['content'] | selectattr('type', 'equalto', 'text') | list -%}",
+        "{%- set keyword_items = message['content'] | selectattr('type', 'equalto', 'keywords') | list -%}",
+        "{%- set language_items = message['content'] | selectattr('type', 'equalto', 'language') | list -%}",
+        "{%- set itn_items = message['content'] | selectattr('type', 'equalto', 'itn') | list -%}",
+        "{%- if text_items or keyword_items -%}" + _lit(CONTEXT_PREAMBLE),
+        "{%- for item in text_items -%}{{ item['text'] }}" + _lit("\n") + "{%- endfor -%}",
+        "{%- set kw = namespace(items=[]) -%}",
+        "{%- for item in keyword_items -%}{%- set kw.items = kw.items + item['keywords'] -%}{%- endfor -%}",
+        "{%- if kw.items -%}" + _lit("热词列表：[") + "{{ kw.items | join(', ') }}" + _lit("]\n") + "{%- endif -%}",
+        "{%- endif -%}",
+        _lit(TASK) + "{%- if language_items -%}" + _lit("成") + "{{ language_items[0]['language'] }}{%- endif -%}",
+        "{%- if itn_items and itn_items[0]['itn'] is false -%}" + _lit(NO_ITN) + "{%- endif -%}" + _lit("："),
+        "{%- for item in audio_items -%}" + audio + "{%- endfor -%}",
+        "{%- else -%}",
+        "{%- for item in message['content'] -%}",
+        "{%- if item['type'] == 'audio' -%}" + audio,
+        "{%- elif item['type'] == 'text' -%}{{ item['text'] }}{%- endif -%}",
+        "{%- endfor -%}",
+        "{%- endif -%}",
+        "{%- endif -%}",
+        "{%- endmacro -%}",
+        _lit(fam.bos or ""),
+        "{%- set ns = namespace(system=none) -%}",
+        "{%- for message in messages -%}",
+        "{%- if loop.first and message['role'] != 'system' -%}" + default_system + "{%- endif -%}",
+        "{%- set text = render(message) -%}",
+        "{%- if message['role'] == 'system' -%}" + system_turn,
+        "{%- elif message['role'] == 'user' -%}" + _lit(fam.user_start),
+        "{%- if ns.system is not none -%}"
+        + _lit(fold_before)
+        + "{{ ns.system }}"
+        + _lit(fold_after)
+        + "{%- set ns.system = none -%}{%- endif -%}",
+        "{{ text }}" + _lit(fam.user_end),
+        "{%- elif message['role'] == 'assistant' -%}" + _lit(fam.assistant_start) + think,
+        _lit(fam.response_prefix) + "{{ text }}" + _lit(fam.end_of_turn + fam.after_turn),
+        "{%- else -%}{{ raise_exception('unsupported role ' + message['role'] + ' (system, user, assistant)') }}",
+        "{%- endif -%}",
+        "{%- endfor -%}",
+        "{%- if add_generation_prompt -%}" + _lit(fam.assistant_start) + think + "{%- endif -%}",
+    ]
+    return "".join(parts)
+
+
+def control_tokens(tokenizer: PreTrainedTokenizerBase, template: str) -> list[str]:
+    """The tokens that must not come from user text: the special tokens, and the added tokens the template writes
+    (DeepSeek-V3's `<｜User｜>` is not flagged special but is a role marker)."""
+    added = tokenizer.added_tokens_decoder.values()
+    found = set(tokenizer.all_special_tokens) | {str(t.content) for t in added if t.special or str(t.content) in template}
+    return sorted((token for token in found if token.strip()), key=len, reverse=True)
+
+
+def check_user_text(tokenizer: PreTrainedTokenizerBase, template: str, field: str, texts: Sequence[str]) -> None:
+    """Refuse user text that spells a control token (tiktoken style): it would read as a role or speech marker.
+
+    Raises ValueError naming the field and the token; `allow_special_text=True` in `build_asr_prompt` encodes such
+    text as ordinary characters instead.
+    """
+    specials = control_tokens(tokenizer, template)
+    for text in texts:
+        for special in specials:
+            if special in text:
+                raise ValueError(
+                    f"{field} {text!r} contains the special token {special!r}; remove it, or pass "
+                    "allow_special_text=True to encode it as ordinary text (it never becomes a control token)"
+                )
+
+
+def _render_ids(tokenizer: PreTrainedTokenizerBase, template: str, messages: list[dict], **kwargs) -> list[int]:
+    ids = tokenizer.apply_chat_template(
+        messages, chat_template=template, tokenize=True, return_dict=False, sanitize_control_tokens=True, **kwargs
+    )
+    return list(ids)
+
+
+def build_asr_prompt(
+    tokenizer: PreTrainedTokenizerBase,
+    n_audio_frames: int,
+    task: AsrTask = AsrTask(),
+    target: str | None = None,
+    *,
+    family: str | ChatFamily | None = None,
+    markers: SpeechMarkers | None = None,
+    system: str = DEFAULT_SYSTEM,
+    enable_thinking: bool | None = None,
+    allow_special_text: bool = False,
+) -> AsrPrompt:
+    """Input ids, labels and the audio slot of one ASR example in `family`'s format (detected when None).
+
+    The prompt is the family's chat template (`build_chat_template`) rendered with a system turn, the user turn of
+    `task` and the generation prompt; its single audio item is expanded to `n_audio_frames` placeholder ids (one per
+    adaptor frame). With `target`, the answer and the end-of-turn token are appended and supervised; everything
+    before is IGNORE_INDEX. `enable_thinking=False` adds Qwen3's empty think block (the reference prompt has none).
+    """
+    if n_audio_frames < 1:
+        raise ValueError(f"n_audio_frames must be >= 1, got {n_audio_frames}")
+    fam = get_family(family) if family is not None else detect_family(tokenizer)
+    placeholder = markers.placeholder if markers is not None else QWEN3_PLACEHOLDER
+    placeholder_id = tokenizer.convert_tokens_to_ids(placeholder)
+    template = build_chat_template(fam, markers if markers is not None else placeholder)
+    if not allow_special_text:
+        check_user_text(tokenizer, template, "system prompt", [system])
+        check_user_text(tokenizer, template, "context", task.context)
+        check_user_text(tokenizer, template, "hotword", task.hotwords)
+        if target is not None:
+            check_user_text(tokenizer, template, "target text", [target])
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": task.user_content()}]
+    extra = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
+    prompt = _render_ids(tokenizer, template, messages, add_generation_prompt=True, **extra)
+    if prompt.count(placeholder_id) != 1:
+        raise ValueError(
+            f"the {fam.name} prompt holds {prompt.count(placeholder_id)} audio placeholders "
+            f"{placeholder!r} (id {placeholder_id}), expected 1: is it a single token of this tokenizer?"
+        )
+    target_ids: list[int] = []
+    if target is not None:
+        full = _render_ids(tokenizer, template, messages + [{"role": "assistant", "content": target}], **extra)
+        end_id = tokenizer.convert_tokens_to_ids(fam.end_of_turn)
+        if full[: len(prompt)] != prompt or end_id not in full[len(prompt) :]:
+            raise RuntimeError(f"the {fam.name} template's answer turn does not extend its generation prompt")
+        answer = full[len(prompt) :]
+        target_ids = answer[: answer.index(end_id) + 1]
+    audio_start = prompt.index(placeholder_id)
+    ids = prompt[:audio_start] + [placeholder_id] * n_audio_frames + prompt[audio_start + 1 :]
+    labels = [IGNORE_INDEX] * len(ids) + target_ids
+    return AsrPrompt(ids + target_ids, labels, audio_start, n_audio_frames)
