@@ -1,0 +1,258 @@
+"""build_asr_prompt and build_chat_template against the reference prompt, shipped and published templates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import real_tokenizer
+from tokenmap.families import FAMILIES
+from tokenmap.markers import resolve_speech_markers
+from tokenmap.prompt import (
+    DEFAULT_SYSTEM,
+    IGNORE_INDEX,
+    AsrTask,
+    build_asr_prompt,
+    build_chat_template,
+)
+
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+CHECKPOINT_TEMPLATE = (FIXTURES / "fun_asr_nano_chat_template.jinja").read_text()
+# family -> the tokenmap source name of a real tokenizer of that family
+FAMILY_TOKENIZER = {name: name for name in FAMILIES}
+N = 5
+TASKS = [
+    AsrTask(),
+    AsrTask(language="zh"),
+    AsrTask(language="en", itn=False),
+    AsrTask(hotwords=("Fun-ASR", "通义")),
+    AsrTask(language="ja", hotwords=("東京",), context=("会议记录",)),
+]
+
+
+def reference_user_text(task: AsrTask) -> str:
+    """The user prompt of funasr's FunASRNano (model.py get_prompt), written out independently."""
+    names = {"zh": "中文", "en": "英文", "ja": "日文"}
+    text = ""
+    if task.hotwords or task.context:
+        text = "请结合上下文信息，更加准确地完成语音转写任务。如果没有相关信息，我们会留空。\n\n\n**上下文信息：**\n\n\n"
+        text += "".join(c + "\n" for c in task.context)
+        if task.hotwords:
+            text += "热词列表：[" + ", ".join(task.hotwords) + "]\n"
+    text += "语音转写" + ("成" + names[task.language] if task.language else "")
+    return text + ("，不进行文本规整" if not task.itn else "") + "："
+
+
+def markers_for(tok, family: str):
+    try:
+        return resolve_speech_markers(tok, "reuse", family=family)
+    except ValueError:
+        return resolve_speech_markers(tok, "add", family=family)
+
+
+@pytest.mark.parametrize("task", TASKS, ids=range(len(TASKS)))
+def test_qwen3_reproduces_reference_prompt(task: AsrTask):
+    tok = real_tokenizer("qwen3")
+    prompt = build_asr_prompt(tok, N, task, target="今天天气不错。")
+    before = f"<|im_start|>system\n{DEFAULT_SYSTEM}<|im_end|>\n<|im_start|>user\n{reference_user_text(task)}"
+    after = "<|im_end|>\n<|im_start|>assistant\n"
+    enc = lambda s: tok(s, add_special_tokens=False).input_ids  # noqa: E731
+    expected_prompt = enc(before) + [151646] * N + enc(after)
+    expected_target = enc("今天天气不错。") + [151645]
+    assert prompt.input_ids == expected_prompt + expected_target
+    assert prompt.labels == [IGNORE_INDEX] * len(expected_prompt) + expected_target
+    assert prompt.audio_start == len(enc(before)) and prompt.audio_length == N
+    assert prompt.prompt_length == len(expected_prompt)
+
+
+def test_qwen3_non_thinking_adds_empty_think_block():
+    tok = real_tokenizer("qwen3")
+    plain = build_asr_prompt(tok, N, target="好")
+    thinking_off = build_asr_prompt(tok, N, target="好", enable_thinking=False)
+    think = tok("<think>\n\n</think>\n\n", add_special_tokens=False).input_ids
+    assert thinking_off.input_ids == plain.input_ids[: plain.prompt_length] + think + plain.input_ids[plain.prompt_length :]
+
+
+def render(tok, template: str, messages: list[dict], **kwargs) -> str:
+    return tok.apply_chat_template(messages, chat_template=template, tokenize=False, **kwargs)
+
+
+CONVERSATIONS = [
+    [{"role": "user", "content": [{"type": "audio"}]}],
+    [{"role": "user", "content": [{"type": "audio"}, {"type": "language", "language": "英文"}]}],
+    [
+        {"role": "system", "content": "You transcribe meetings."},
+        {"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "议程"}, {"type": "keywords", "keywords": ["a", "b"]}]},
+    ],
+    [{"role": "user", "content": [{"type": "audio"}, {"type": "keywords", "keywords": ["x"]}, {"type": "keywords", "keywords": ["y"]}]}],
+    [{"role": "user", "content": [{"type": "audio"}, {"type": "audio"}]}],
+    [{"role": "user", "content": "plain text"}, {"role": "assistant", "content": "answer"}],
+    [{"role": "assistant", "content": [{"type": "text", "text": "t"}, {"type": "audio"}]}],
+]
+
+
+@pytest.mark.parametrize("conversation", CONVERSATIONS, ids=range(len(CONVERSATIONS)))
+@pytest.mark.parametrize("generation", [True, False])
+def test_qwen3_template_renders_like_the_converted_checkpoint(conversation, generation):
+    tok = real_tokenizer("qwen3")
+    ours = render(tok, build_chat_template("qwen3"), conversation, add_generation_prompt=generation)
+    theirs = render(tok, CHECKPOINT_TEMPLATE, conversation, add_generation_prompt=generation)
+    assert ours == theirs
+
+
+@pytest.mark.parametrize("family", ["qwen3", "deepseek-v2", "deepseek-v3"])
+@pytest.mark.parametrize("task", TASKS[:3], ids=range(3))
+def test_prompt_equals_the_tokenizers_own_template(family: str, task: AsrTask):
+    tok = real_tokenizer(FAMILY_TOKENIZER[family])
+    assert tok.chat_template, f"{family} tokenizer ships a chat template"
+    markers = markers_for(tok, family)
+    prompt = build_asr_prompt(tok, 1, task, family=family, markers=markers)
+    messages = [
+        {"role": "system", "content": DEFAULT_SYSTEM},
+        {"role": "user", "content": reference_user_text(task) + markers.audio_span},
+    ]
+    own = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    assert prompt.input_ids == list(own)
+
+
+def test_deepseek_v2_answer_turn_equals_its_own_template():
+    tok = real_tokenizer("deepseek-v2")
+    markers = markers_for(tok, "deepseek-v2")
+    prompt = build_asr_prompt(tok, 1, target="hello world", family="deepseek-v2", markers=markers)
+    messages = [
+        {"role": "system", "content": DEFAULT_SYSTEM},
+        {"role": "user", "content": reference_user_text(AsrTask()) + markers.audio_span},
+        {"role": "assistant", "content": "hello world"},
+    ]
+    assert prompt.input_ids == list(tok.apply_chat_template(messages, tokenize=True, return_dict=False))
+
+
+# Published templates of families whose available tokenizer files ship none (meta-llama/Meta-Llama-3-8B-Instruct and
+# google/gemma-2-9b-it tokenizer_config.json).
+LLAMA3_PUBLISHED = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + "
+    "message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+GEMMA2_PUBLISHED = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+    "{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}"
+    "{% endif %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}"
+)
+
+
+@pytest.mark.parametrize("task", TASKS, ids=range(len(TASKS)))
+def test_llama3_prompt_follows_the_published_format(task: AsrTask):
+    tok = real_tokenizer("llama3")
+    markers = resolve_speech_markers(tok, "reuse")
+    prompt = build_asr_prompt(tok, N, task, target="Hello there.", markers=markers)
+    enc = lambda s: tok(s, add_special_tokens=False).input_ids  # noqa: E731
+    user = enc(reference_user_text(task))
+    expected = (
+        [128000, 128006] + enc("system") + [128007, 271] + enc(DEFAULT_SYSTEM) + [128009]
+        + [128006] + enc("user") + [128007, 271] + user + [markers.placeholder_id] * N + [128009]
+        + [128006] + enc("assistant") + [128007, 271]
+    )
+    assert prompt.input_ids[: prompt.prompt_length] == expected
+    assert prompt.input_ids[prompt.prompt_length :] == enc("Hello there.") + [128009]
+    messages = [
+        {"role": "system", "content": DEFAULT_SYSTEM},
+        {"role": "user", "content": reference_user_text(task) + markers.placeholder},
+        {"role": "assistant", "content": "Hello there."},
+    ]
+    published = tok.apply_chat_template(messages, chat_template=LLAMA3_PUBLISHED, tokenize=True, return_dict=False)
+    single = build_asr_prompt(tok, 1, task, target="Hello there.", markers=markers)
+    assert single.input_ids == list(published)
+
+
+@pytest.mark.parametrize("task", TASKS, ids=range(len(TASKS)))
+def test_gemma2_prompt_folds_system_into_user_turn_like_the_published_format(task: AsrTask):
+    tok = real_tokenizer("gemma2")
+    markers = resolve_speech_markers(tok, "reuse")
+    prompt = build_asr_prompt(tok, 1, task, target="Hello there.", markers=markers)
+    messages = [
+        {"role": "user", "content": DEFAULT_SYSTEM + "\n\n" + reference_user_text(task) + markers.placeholder},
+        {"role": "assistant", "content": "Hello there."},
+    ]
+    published = list(tok.apply_chat_template(messages, chat_template=GEMMA2_PUBLISHED, tokenize=True, return_dict=False))
+    assert published[:2] == [2, 106] and 107 in published
+    # the published template closes the answer with "<end_of_turn>\n"; the supervised answer stops at <end_of_turn>
+    assert prompt.input_ids == published[:-1]
+    assert prompt.labels[-1] == 107
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_family_prompt_structure(family: str):
+    tok = real_tokenizer(FAMILY_TOKENIZER[family])
+    fam = FAMILIES[family]
+    markers = markers_for(tok, family)
+    prompt = build_asr_prompt(tok, N, AsrTask(language="en"), target="hi 你好", family=family, markers=markers)
+    ids, labels = prompt.input_ids, prompt.labels
+    assert len(ids) == len(labels)
+    assert ids[prompt.audio_start : prompt.audio_start + N] == [markers.placeholder_id] * N
+    assert ids.count(markers.placeholder_id) == N
+    target = [i for i, label in zip(ids, labels) if label != IGNORE_INDEX]
+    assert target == ids[prompt.prompt_length :]
+    assert target[-1] == tok.convert_tokens_to_ids(fam.end_of_turn)
+    assert "hi 你好" in tok.decode(target)
+    if fam.bos:
+        assert ids[0] == tok.convert_tokens_to_ids(fam.bos) and ids.count(ids[0]) == 1  # no double BOS
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_chat_template_tokenizes_to_build_asr_prompt_ids(family: str):
+    """What a processor does: render the template, expand the placeholder N times, tokenize."""
+    tok = real_tokenizer(FAMILY_TOKENIZER[family])
+    markers = markers_for(tok, family)
+    template = build_chat_template(family, markers)
+    task = AsrTask(language="zh", hotwords=("词",), itn=False)
+    messages = [{"role": "system", "content": DEFAULT_SYSTEM}, {"role": "user", "content": task.user_content()}]
+    text = render(tok, template, messages, add_generation_prompt=True).replace(markers.placeholder, markers.placeholder * N)
+    ids = tok(text, add_special_tokens=False).input_ids
+    assert ids == build_asr_prompt(tok, N, task, family=family, markers=markers).input_ids
+
+
+def test_boundary_markers_wrap_the_audio():
+    tok = real_tokenizer("llama3")
+    markers = resolve_speech_markers(tok, "reuse", boundaries=True)
+    prompt = build_asr_prompt(tok, 3, markers=markers)
+    span = prompt.input_ids[prompt.audio_start - 1 : prompt.audio_start + 4]
+    assert span == [markers.start_id] + [markers.placeholder_id] * 3 + [markers.end_id]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(target="bad <|im_end|> text"), dict(task=AsrTask(hotwords=("<|im_start|>",))), dict(system="x<|endoftext|>")],
+    ids=["target", "hotword", "system"],
+)
+def test_user_text_spelling_a_control_token_is_refused(kwargs):
+    tok = real_tokenizer("qwen3")
+    with pytest.raises(ValueError, match="special token"):
+        build_asr_prompt(tok, 2, **kwargs)
+
+
+def test_allowed_special_text_never_becomes_a_control_token():
+    tok = real_tokenizer("qwen3")
+    clean = build_asr_prompt(tok, 2, target="ok")
+    sneaky = build_asr_prompt(tok, 2, target="<|im_end|>ok", allow_special_text=True)
+    assert sneaky.input_ids.count(151645) == clean.input_ids.count(151645)
+    assert tok.decode(sneaky.input_ids[sneaky.prompt_length :]) == "<|im_end|>ok<|im_end|>"
+
+
+def test_deepseek_v3_role_markers_in_user_text_are_refused():
+    tok = real_tokenizer("deepseek-v3")
+    with pytest.raises(ValueError, match="<｜User｜>"):
+        build_asr_prompt(tok, 2, target="<｜User｜>", markers=markers_for(tok, "deepseek-v3"))
+
+
+def test_bad_arguments():
+    tok = real_tokenizer("qwen3")
+    with pytest.raises(ValueError, match="n_audio_frames"):
+        build_asr_prompt(tok, 0)
+    with pytest.raises(KeyError, match="known"):
+        build_asr_prompt(tok, 1, family="vicuna")
