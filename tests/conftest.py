@@ -1,4 +1,7 @@
 """Shared fixtures: the real tokenizers, loaded once per test session."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing downloads in tests
 
 from __future__ import annotations
 

