@@ -1,15 +1,15 @@
 """Shared fixtures: the real tokenizers, loaded once per test session."""
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing downloads in tests
 
 from __future__ import annotations
 
 import functools
+import os
 
 import pytest
 
-from tokenmap.assets import load_tokenizer
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing downloads in tests
+
+from tokenmap.assets import load_tokenizer  # noqa: E402
 
 
 @functools.cache
