@@ -1,0 +1,190 @@
+"""KaldiFbankFeatureExtractor against features real torchaudio computed (tests/fixtures/fbank, made on the GPU
+machine with torch 2.11 + torchaudio 2.11 by benchmarks/gpu/make_fbank_fixture.py), and its save/load behaviour."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from transformers import FunAsrNanoProcessor
+from transformers.models.fun_asr_nano.feature_extraction_fun_asr_nano import FunAsrNanoFeatureExtractor
+
+from funasr_swap import features
+from funasr_swap.features import (
+    KALDI_WINDOWS,
+    KaldiFbankFeatureExtractor,
+    feature_extractor_class,
+    kaldi_fbank,
+    load_feature_extractor,
+    load_processor,
+)
+from tests.conftest import real_tokenizer
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "fbank"
+REFERENCE = np.load(FIXTURES / "reference.npz")
+CLIP_ORDER = json.loads(str(REFERENCE["meta"]))["clip_order"]
+# Our torch (2.13, 2 threads) and the fixture's (2.11) round FFT/matmul sums differently; on the same torch the
+# port equals torchaudio bit for bit (benchmarks/gpu/make_fbank_fixture.py prints 0.0 there).
+LOG_MEL_ATOL = 1e-3
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def clip(name: str) -> np.ndarray:
+    waveform, rate = soundfile.read(FIXTURES / f"{name}.wav", dtype="float32")
+    assert rate == 16000
+    return waveform
+
+
+def test_batch_equals_stock_extractor_on_torchaudio():
+    out = KaldiFbankFeatureExtractor()([clip(name) for name in CLIP_ORDER], sampling_rate=16000)
+    feats, mask = out["input_features"], out["input_features_mask"]
+    assert feats.dtype == torch.float32 and mask.dtype == torch.from_numpy(REFERENCE["mask"]).dtype
+    assert feats.shape == (len(CLIP_ORDER), REFERENCE["mask"].shape[1], 80 * 7)
+    np.testing.assert_array_equal(mask.numpy(), REFERENCE["mask"])
+    for i, name in enumerate(CLIP_ORDER):
+        expected = REFERENCE[f"lfr/{name}"]
+        valid = int(mask[i].sum())
+        assert valid == len(expected), name
+        np.testing.assert_allclose(feats[i, :valid].numpy(), expected, rtol=0, atol=LOG_MEL_ATOL, err_msg=name)
+        assert torch.all(feats[i, valid:] == 0.0), f"{name}: padding rows must hold padding_value"
+
+
+@pytest.mark.parametrize("key", [k for k in REFERENCE.files if k.startswith("fbank/")])
+def test_fbank_equals_torchaudio(key):
+    window, rate, bins, length, shift = key.removeprefix("fbank/").split("_")
+    head = torch.from_numpy(clip("en")[:8000])  # the fixture's input: the first 0.5 s of en
+    ours = kaldi_fbank(head, int(bins), float(length), float(shift), float(rate), window)
+    expected = REFERENCE[key]
+    assert ours.shape == expected.shape
+    np.testing.assert_allclose(ours.numpy(), expected, rtol=0, atol=LOG_MEL_ATOL)
+
+
+def test_fixture_settings_cover_every_window():
+    assert {k.removeprefix("fbank/").split("_")[0] for k in REFERENCE.files if k.startswith("fbank/")} == set(
+        KALDI_WINDOWS
+    )
+
+
+@pytest.mark.parametrize("num_samples", [400, 559, 560, 16000])
+def test_frame_count_is_kaldi_snip_edges(num_samples):
+    assert kaldi_fbank(torch.randn(num_samples)).shape == (1 + (num_samples - 400) // 160, 80)
+
+
+def test_digital_silence_is_the_epsilon_floor():
+    assert torch.all(kaldi_fbank(torch.zeros(1600)) == float(np.log(np.float32(np.finfo(np.float32).eps))))
+
+
+@pytest.mark.parametrize(
+    ("waveform", "kwargs", "message"),
+    [
+        (torch.zeros(399), {}, "399 samples"),
+        (torch.zeros(2, 1600), {}, "1-D"),
+        (torch.zeros(1600), {"window": "kaiser"}, "'kaiser'"),
+        (torch.zeros(1600), {"frame_shift_ms": 0.01}, "shift 0"),
+    ],
+)
+def test_kaldi_fbank_errors_name_the_problem(waveform, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        kaldi_fbank(waveform, **kwargs)
+
+
+def test_call_interface_matches_stock():
+    extractor = KaldiFbankFeatureExtractor()
+    single = extractor(clip("short"), sampling_rate=16000, return_tensors="np")
+    assert isinstance(single["input_features"], np.ndarray) and single["input_features"].shape == (1, 5, 560)
+    np.testing.assert_allclose(single["input_features"][0], REFERENCE["lfr/short"], rtol=0, atol=LOG_MEL_ATOL)
+    padded = extractor([clip("short")], padding="max_length", max_length=12)
+    assert padded["input_features"].shape == (1, 12, 560) and padded["input_features_mask"].sum() == 5
+    assert extractor([clip("short")], pad_to_multiple_of=4)["input_features"].shape == (1, 8, 560)
+    with pytest.raises(ValueError, match="8000"):
+        extractor(clip("short"), sampling_rate=8000)
+
+
+def test_saved_config_is_the_stock_extractors(tmp_path):
+    # Stock transformers (with torchaudio) must see exactly what a stock-saved folder holds.
+    KaldiFbankFeatureExtractor(stride_lfr=5).save_pretrained(tmp_path / "ours")
+    FunAsrNanoFeatureExtractor(stride_lfr=5).save_pretrained(tmp_path / "stock")
+    ours = json.loads((tmp_path / "ours" / "preprocessor_config.json").read_text())
+    assert ours == json.loads((tmp_path / "stock" / "preprocessor_config.json").read_text())
+    assert ours["feature_extractor_type"] == "FunAsrNanoFeatureExtractor"
+
+
+def test_processor_round_trip(tmp_path):
+    template = "{% for m in messages %}{{ m.content }}{% endfor %}"
+    processor = FunAsrNanoProcessor(
+        KaldiFbankFeatureExtractor(stride_lfr=5), real_tokenizer("qwen3"), chat_template=template,
+        audio_token="<|box_start|>",
+    )
+    processor.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "processor_config.json").read_text())
+    assert saved["feature_extractor"]["feature_extractor_type"] == "FunAsrNanoFeatureExtractor"
+
+    loaded = load_processor(tmp_path)
+    assert type(loaded.feature_extractor) is feature_extractor_class()
+    assert loaded.feature_extractor.to_dict() == processor.feature_extractor.to_dict()
+    assert (loaded.chat_template, loaded.audio_token, loaded.audio_token_id) == (
+        template, "<|box_start|>", processor.audio_token_id)
+    inputs = loaded(text="<|box_start|>", audio=clip("en"))
+    # One placeholder per LFR frame: 289 fbank frames, ceil(289 / 5) = 58 with the saved stride 5 (49 with 6).
+    assert (inputs["input_ids"] == loaded.audio_token_id).sum() == inputs["input_features_mask"].sum() == 58
+    reference = processor.feature_extractor(clip("en"))["input_features"]
+    assert torch.equal(inputs["input_features"], reference)
+
+
+def test_load_feature_extractor_from_folder_and_defaults(tmp_path):
+    assert load_feature_extractor().to_dict() == KaldiFbankFeatureExtractor().to_dict()
+    KaldiFbankFeatureExtractor(num_frames_lfr=5).save_pretrained(tmp_path)
+    loaded = load_feature_extractor(tmp_path, stride_lfr=4)
+    assert (loaded.num_frames_lfr, loaded.stride_lfr) == (5, 4)
+    with pytest.raises(FileNotFoundError, match="no_such_folder"):
+        load_feature_extractor(tmp_path / "no_such_folder")
+    with pytest.raises(FileNotFoundError, match="no_such_folder"):
+        load_processor(tmp_path / "no_such_folder")
+
+
+@pytest.mark.parametrize("available", [True, False])
+def test_stock_class_is_picked_when_torchaudio_is_available(monkeypatch, available):
+    monkeypatch.setattr(features, "is_torchaudio_available", lambda: available)
+    expected = FunAsrNanoFeatureExtractor if available else KaldiFbankFeatureExtractor
+    assert feature_extractor_class() is expected
+    assert type(load_feature_extractor()) is expected
+
+
+def run_python(code: str, pythonpath: Path | None = None) -> subprocess.CompletedProcess:
+    paths = [str(p) for p in (pythonpath, REPO_ROOT) if p is not None]
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(paths)}, timeout=120)
+
+
+def test_works_where_torchaudio_is_absent():
+    # None in sys.modules: find_spec says "not installed" and `import torchaudio` fails, whatever this env has.
+    result = run_python("""
+        import sys
+        sys.modules["torchaudio"] = None
+        import numpy as np
+        from funasr_swap.features import KaldiFbankFeatureExtractor, load_feature_extractor
+        extractor = load_feature_extractor()
+        assert type(extractor) is KaldiFbankFeatureExtractor, type(extractor)
+        print(tuple(extractor(np.zeros(16000, np.float32))["input_features"].shape))
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "(1, 17, 560)"
+
+
+def test_broken_torchaudio_install_gets_an_actionable_error(tmp_path):
+    # torchaudio 2.11 beside torch 2.13 fails in its __init__ with OSError from torch.ops.load_library.
+    (tmp_path / "torchaudio").mkdir()
+    (tmp_path / "torchaudio" / "__init__.py").write_text(
+        "raise OSError('Could not load this library: _torchaudio.abi3.so')\n")
+    result = run_python("import funasr_swap.features", pythonpath=tmp_path)
+    assert result.returncode != 0
+    assert "ImportError: torchaudio is installed but does not load" in result.stderr
+    assert "pip uninstall torchaudio" in result.stderr
