@@ -180,7 +180,8 @@ SOURCES: dict[str, TokenizerSource] = {
 
 # Meta's llama_models/llama3/tokenizer.py: the split pattern and the 256 special tokens from id 128000.
 _LLAMA3_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 _LLAMA3_NAMED_SPECIALS = [
     "<|begin_of_text|>",
@@ -261,8 +262,8 @@ def _missing_message(source: TokenizerSource, where: Path) -> str:
 
 def _convert_llama3(folder: Path) -> None:
     """tiktoken rank file -> tokenizer.json with the 256 Llama-3 specials at their official ids."""
-    from transformers.convert_slow_tokenizer import TikTokenConverter
     from tokenizers import AddedToken
+    from transformers.convert_slow_tokenizer import TikTokenConverter
 
     specials = llama3_special_tokens()
     backend = TikTokenConverter(vocab_file=str(folder / "tokenizer.model"), pattern=_LLAMA3_PATTERN).converted()

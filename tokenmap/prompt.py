@@ -21,7 +21,9 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
-CONTEXT_PREAMBLE = "请结合上下文信息，更加准确地完成语音转写任务。如果没有相关信息，我们会留空。\n\n\n**上下文信息：**\n\n\n"
+CONTEXT_PREAMBLE = (
+    "请结合上下文信息，更加准确地完成语音转写任务。如果没有相关信息，我们会留空。\n\n\n**上下文信息：**\n\n\n"
+)
 TASK = "语音转写"
 NO_ITN = "，不进行文本规整"
 # The checkpoint was trained with these Chinese language names ("语音转写成<NAME>：").
@@ -88,7 +90,11 @@ def build_chat_template(family: str | ChatFamily, markers: SpeechMarkers | str |
     fold_before, _, fold_after = fam.system_fold.partition("{system}")
     think = ""
     if fam.think_block:  # Qwen3 non-thinking mode writes an empty think block at the start of the answer
-        think = "{%- if enable_thinking is defined and enable_thinking is false -%}" + _lit(fam.think_block) + "{%- endif -%}"
+        think = (
+            "{%- if enable_thinking is defined and enable_thinking is false -%}"
+            + _lit(fam.think_block)
+            + "{%- endif -%}"
+        )
     if fam.has_system:
         system_turn = _lit(fam.system_start) + "{{ text }}" + _lit(fam.system_end)
         default_system = _lit(fam.system_start + DEFAULT_SYSTEM + fam.system_end)
@@ -149,7 +155,9 @@ def control_tokens(tokenizer: PreTrainedTokenizerBase, template: str) -> list[st
     """The tokens that must not come from user text: the special tokens, and the added tokens the template writes
     (DeepSeek-V3's `<｜User｜>` is not flagged special but is a role marker)."""
     added = tokenizer.added_tokens_decoder.values()
-    found = set(tokenizer.all_special_tokens) | {str(t.content) for t in added if t.special or str(t.content) in template}
+    found = set(tokenizer.all_special_tokens) | {
+        str(t.content) for t in added if t.special or str(t.content) in template
+    }
     return sorted((token for token in found if token.strip()), key=len, reverse=True)
 
 

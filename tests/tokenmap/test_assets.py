@@ -13,8 +13,16 @@ from tokenmap.assets import SOURCES, TokenizerNotFoundError, load_tokenizer, tok
 # name -> (len(tokenizer), {token: id}) from ../shared/reference/tokenizer_sources.md
 FACTS = {
     "qwen3": (151669, {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645, "</think>": 151668}),
-    "llama3": (128256, {"<|begin_of_text|>": 128000, "<|start_header_id|>": 128006, "<|eot_id|>": 128009,
-                        "<|finetune_right_pad_id|>": 128004, "<|reserved_special_token_246|>": 128255}),
+    "llama3": (
+        128256,
+        {
+            "<|begin_of_text|>": 128000,
+            "<|start_header_id|>": 128006,
+            "<|eot_id|>": 128009,
+            "<|finetune_right_pad_id|>": 128004,
+            "<|reserved_special_token_246|>": 128255,
+        },
+    ),
     "gemma2": (256000, {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<start_of_turn>": 106, "<end_of_turn>": 107}),
     "llama2": (32000, {"<unk>": 0, "<s>": 1, "</s>": 2}),
     "mistral": (32768, {"[INST]": 3, "[/INST]": 4}),

@@ -36,7 +36,9 @@ def reference_user_text(task: AsrTask) -> str:
     names = {"zh": "中文", "en": "英文", "ja": "日文"}
     text = ""
     if task.hotwords or task.context:
-        text = "请结合上下文信息，更加准确地完成语音转写任务。如果没有相关信息，我们会留空。\n\n\n**上下文信息：**\n\n\n"
+        text = (
+            "请结合上下文信息，更加准确地完成语音转写任务。如果没有相关信息，我们会留空。\n\n\n**上下文信息：**\n\n\n"
+        )
         text += "".join(c + "\n" for c in task.context)
         if task.hotwords:
             text += "热词列表：[" + ", ".join(task.hotwords) + "]\n"
@@ -71,7 +73,10 @@ def test_qwen3_non_thinking_adds_empty_think_block():
     plain = build_asr_prompt(tok, N, target="好")
     thinking_off = build_asr_prompt(tok, N, target="好", enable_thinking=False)
     think = tok("<think>\n\n</think>\n\n", add_special_tokens=False).input_ids
-    assert thinking_off.input_ids == plain.input_ids[: plain.prompt_length] + think + plain.input_ids[plain.prompt_length :]
+    assert (
+        thinking_off.input_ids
+        == plain.input_ids[: plain.prompt_length] + think + plain.input_ids[plain.prompt_length :]
+    )
 
 
 def render(tok, template: str, messages: list[dict], **kwargs) -> str:
@@ -83,9 +88,25 @@ CONVERSATIONS = [
     [{"role": "user", "content": [{"type": "audio"}, {"type": "language", "language": "英文"}]}],
     [
         {"role": "system", "content": "You transcribe meetings."},
-        {"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "议程"}, {"type": "keywords", "keywords": ["a", "b"]}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "audio"},
+                {"type": "text", "text": "议程"},
+                {"type": "keywords", "keywords": ["a", "b"]},
+            ],
+        },
     ],
-    [{"role": "user", "content": [{"type": "audio"}, {"type": "keywords", "keywords": ["x"]}, {"type": "keywords", "keywords": ["y"]}]}],
+    [
+        {
+            "role": "user",
+            "content": [
+                {"type": "audio"},
+                {"type": "keywords", "keywords": ["x"]},
+                {"type": "keywords", "keywords": ["y"]},
+            ],
+        }
+    ],
     [{"role": "user", "content": [{"type": "audio"}, {"type": "audio"}]}],
     [{"role": "user", "content": "plain text"}, {"role": "assistant", "content": "answer"}],
     [{"role": "assistant", "content": [{"type": "text", "text": "t"}, {"type": "audio"}]}],
@@ -154,9 +175,20 @@ def test_llama3_prompt_follows_the_published_format(task: AsrTask):
     enc = lambda s: tok(s, add_special_tokens=False).input_ids  # noqa: E731
     user = enc(reference_user_text(task))
     expected = (
-        [128000, 128006] + enc("system") + [128007, 271] + enc(DEFAULT_SYSTEM) + [128009]
-        + [128006] + enc("user") + [128007, 271] + user + [markers.placeholder_id] * N + [128009]
-        + [128006] + enc("assistant") + [128007, 271]
+        [128000, 128006]
+        + enc("system")
+        + [128007, 271]
+        + enc(DEFAULT_SYSTEM)
+        + [128009]
+        + [128006]
+        + enc("user")
+        + [128007, 271]
+        + user
+        + [markers.placeholder_id] * N
+        + [128009]
+        + [128006]
+        + enc("assistant")
+        + [128007, 271]
     )
     assert prompt.input_ids[: prompt.prompt_length] == expected
     assert prompt.input_ids[prompt.prompt_length :] == enc("Hello there.") + [128009]
@@ -179,7 +211,9 @@ def test_gemma2_prompt_folds_system_into_user_turn_like_the_published_format(tas
         {"role": "user", "content": DEFAULT_SYSTEM + "\n\n" + reference_user_text(task) + markers.placeholder},
         {"role": "assistant", "content": "Hello there."},
     ]
-    published = list(tok.apply_chat_template(messages, chat_template=GEMMA2_PUBLISHED, tokenize=True, return_dict=False))
+    published = list(
+        tok.apply_chat_template(messages, chat_template=GEMMA2_PUBLISHED, tokenize=True, return_dict=False)
+    )
     assert published[:2] == [2, 106] and 107 in published
     # the published template closes the answer with "<end_of_turn>\n"; the supervised answer stops at <end_of_turn>
     assert prompt.input_ids == published[:-1]
@@ -212,7 +246,9 @@ def test_chat_template_tokenizes_to_build_asr_prompt_ids(family: str):
     template = build_chat_template(family, markers)
     task = AsrTask(language="zh", hotwords=("词",), itn=False)
     messages = [{"role": "system", "content": DEFAULT_SYSTEM}, {"role": "user", "content": task.user_content()}]
-    text = render(tok, template, messages, add_generation_prompt=True).replace(markers.placeholder, markers.placeholder * N)
+    text = render(tok, template, messages, add_generation_prompt=True).replace(
+        markers.placeholder, markers.placeholder * N
+    )
     ids = tok(text, add_special_tokens=False).input_ids
     assert ids == build_asr_prompt(tok, N, task, family=family, markers=markers).input_ids
 
