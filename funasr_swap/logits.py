@@ -1,0 +1,35 @@
+"""What a family's `*ForCausalLM` does after the backbone that FunAsrNano's plain `lm_head` does not.
+
+FunAsrNano builds the text backbone with `AutoModel` and its own `lm_head`, so Gemma-2's final logit soft-capping
+(`logits = cap * tanh(logits / cap)`, cap 30.0) is lost. `restore_logit_softcapping` puts it back with a forward
+hook on `lm_head`, read from `text_config.final_logit_softcapping`, so it survives save/load of the config. A model
+loaded with stock `AutoModelForSpeechSeq2Seq` needs the call again; greedy decoding is unaffected either way
+(tanh is monotonic), only probabilities, losses and sampling change.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+_HOOK_ATTR = "_funasr_swap_softcap_hook"
+
+
+def _softcap_hook(cap: float):
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], logits: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(logits / cap) * cap
+
+    return hook
+
+
+def restore_logit_softcapping(model: nn.Module) -> bool:
+    """Apply `text_config.final_logit_softcapping` to `model.lm_head`'s output (idempotent).
+
+    Returns True when the text config asks for soft-capping (Gemma-2), False when there is nothing to restore.
+    """
+    cap = getattr(model.config.text_config, "final_logit_softcapping", None)
+    if not cap:
+        return False
+    if getattr(model.lm_head, _HOOK_ATTR, None) is None:
+        setattr(model.lm_head, _HOOK_ATTR, model.lm_head.register_forward_hook(_softcap_hook(float(cap))))
+    return True

@@ -1,0 +1,89 @@
+"""The swap plan: for every registry LLM, what swapping it into Fun-ASR-Nano changes and costs.
+
+Computed, not typed in: widths and parameter counts come from the registry's real-shape configs built on the meta
+device, marker strategies from the tokenizer families, memory from parameter counts (bf16 weights; adaptor training
+adds fp32 master weights, gradients and AdamW moments for the adaptor only; activations excluded).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import FunAsrNanoConfig, FunAsrNanoEncoderConfig
+from transformers.models.fun_asr_nano.modeling_fun_asr_nano import FunAsrNanoEncoder, FunAsrNanoMultiModalProjector
+
+from funasr_swap.adaptor import adaptor_config_for
+from funasr_swap.llms import LLMS, get_llm, text_config
+from tokenmap.families import get_family
+
+GIB = 1024**3
+# The seed's three migration paths: A stays in the Qwen family, B moves to Llama-3.2-3B, C to an MoE.
+MIGRATION_PATHS = {"Llama-3.2-3B": "B", "DeepSeek-V2-Lite": "C"}
+ADAPTOR_TRAINING_BYTES = 4 + 4 + 8  # fp32 master copy, gradient, AdamW first and second moments
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    llm: str
+    family: str
+    hidden: int
+    dim_change: float  # relative change of llm_dim against the source
+    adaptor_params_before: int
+    adaptor_params_after: int
+    tokenizer_work: str
+    markers: str
+    inference_gib: float
+    training_gib: float
+    path: str
+
+
+def _params(module_class, config) -> int:
+    with torch.device("meta"):
+        return sum(p.numel() for p in module_class(config).parameters())
+
+
+def adaptor_params(llm: str) -> int:
+    """Parameters of the real Fun-ASR-Nano adaptor (512 -> 2048 -> llm_dim, 2 blocks) in front of registry LLM `llm`."""
+    text = text_config(llm)
+    adaptor = adaptor_config_for(text.hidden_size, FunAsrNanoConfig().adaptor_config)
+    return _params(FunAsrNanoMultiModalProjector, FunAsrNanoConfig(adaptor_config=adaptor, text_config=text))
+
+
+def _llm_params(name: str) -> int:
+    with torch.device("meta"):
+        from transformers import AutoModelForCausalLM
+
+        return sum(p.numel() for p in AutoModelForCausalLM.from_config(text_config(name)).parameters())
+
+
+def swap_plan(source: str = "Qwen3-0.6B") -> list[PlanRow]:
+    """One `PlanRow` per registry LLM, for a swap away from `source`."""
+    src = get_llm(source)
+    encoder = _params(FunAsrNanoEncoder, FunAsrNanoEncoderConfig())
+    before = adaptor_params(src.name)
+    rows = []
+    for spec in LLMS.values():
+        family = get_family(spec.family)
+        after = adaptor_params(spec.name)
+        weights = encoder + after + _llm_params(spec.name)
+        if spec.tokenizer == src.tokenizer:
+            work = "same vocabulary and role markers"
+        else:
+            work = f"new role markers ({family.name}), vocabulary remap"
+        rows.append(
+            PlanRow(
+                llm=spec.name,
+                family=family.name,
+                hidden=spec.hidden_size,
+                dim_change=spec.hidden_size / src.hidden_size - 1,
+                adaptor_params_before=before,
+                adaptor_params_after=after,
+                tokenizer_work=work,
+                markers="reuse" if family.unused_special else "add",
+                inference_gib=2 * weights / GIB,
+                training_gib=(2 * weights + ADAPTOR_TRAINING_BYTES * after) / GIB,
+                path="A" if spec.family == src.family else MIGRATION_PATHS.get(spec.name, "-"),
+            )
+        )
+    return rows

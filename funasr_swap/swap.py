@@ -1,0 +1,260 @@
+"""Swap the LLM inside a Fun-ASR-Nano: config surgery, adaptor resizing, the target's weights and processor.
+
+The result is a standard `FunAsrNanoForConditionalGeneration` + `FunAsrNanoProcessor` (stock
+`AutoModelForSpeechSeq2Seq` / `AutoProcessor` load the saved folder): the audio tower carries over unchanged, the
+adaptor is resized to the target's hidden size (`resize_adaptor`), the target's backbone and `lm_head` load into the
+model, the processor carries the target tokenizer (with its speech markers) and the family's chat template, and only
+the adaptor (plus any added marker rows) is left trainable.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    FunAsrNanoConfig,
+    FunAsrNanoForConditionalGeneration,
+    FunAsrNanoProcessor,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from funasr_swap.adaptor import Strategy, fit_embedding_bridge, resize_adaptor
+from funasr_swap.convert import generation_config
+from funasr_swap.llms import LLMSpec, get_llm, load_llm, match_llm, text_config, tiny_text_config
+from funasr_swap.logits import restore_logit_softcapping
+from tokenmap.assets import load_tokenizer, tokenizer_fingerprint
+from tokenmap.families import ChatFamily, detect_family, get_family
+from tokenmap.io import atomic_folder
+from tokenmap.markers import SpeechMarkers, resolve_speech_markers
+from tokenmap.prompt import build_chat_template
+from tokenmap.vocab_map import VocabMap
+
+MarkerStrategy = Literal["reuse", "add"]  # tokenmap.markers.Strategy, named apart from the adaptor strategy
+
+
+@dataclass
+class SwapReport:
+    """What a swap changed, for people: printed by the CLI and kept beside the saved folder."""
+
+    source_llm: str
+    target_llm: str
+    family: str
+    source_hidden: int
+    target_hidden: int
+    adaptor_strategy: str
+    adaptor_params_before: int
+    adaptor_params_after: int
+    markers: dict[str, tuple[str, int]]
+    added_token_ids: list[int]
+    tokenizer_work: str
+    bridge: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_markdown(self) -> str:
+        rows = [
+            ("LLM", f"{self.source_llm} -> {self.target_llm} ({self.family})"),
+            ("llm_dim", f"{self.source_hidden} -> {self.target_hidden}"),
+            (
+                "adaptor",
+                f"{self.adaptor_strategy}: {self.adaptor_params_before:,} -> {self.adaptor_params_after:,} params",
+            ),
+            ("tokenizer work", self.tokenizer_work),
+            ("speech markers", ", ".join(f"{role} {tok}={i}" for role, (tok, i) in self.markers.items())),
+            ("added token rows", str(self.added_token_ids) if self.added_token_ids else "none"),
+        ]
+        rows += [(f"bridge {key}", f"{value:.4g}") for key, value in self.bridge.items()]
+        rows += [("warning", w) for w in self.warnings]
+        return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows) + "\n"
+
+
+@dataclass
+class SwappedModel:
+    model: FunAsrNanoForConditionalGeneration
+    processor: FunAsrNanoProcessor
+    report: SwapReport
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write a standard Hugging Face folder (model, processor, SWAP_REPORT.md) through a temporary sibling."""
+        with atomic_folder(folder) as tmp:
+            self.model.save_pretrained(tmp)
+            self.processor.save_pretrained(tmp)
+            (tmp / "SWAP_REPORT.md").write_text(self.report.to_markdown())
+        return Path(folder)
+
+
+def _target_llm(
+    target: str | os.PathLike, size: Literal["tiny", "real"], seed: int
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, LLMSpec | None, str]:
+    """(causal LM, its tokenizer, registry entry, display name) for a registry name or a local folder."""
+    if Path(target).expanduser().is_dir():
+        loaded = load_llm(target)
+        return loaded.model, loaded.tokenizer, loaded.spec, str(target)
+    spec = get_llm(str(target))  # KeyError listing the registry for anything else
+    config = tiny_text_config(spec.name) if size == "tiny" else text_config(spec.name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        llm = AutoModelForCausalLM.from_config(config)
+    return llm.eval(), load_tokenizer(spec.tokenizer), spec, f"{spec.name} ({size}, random weights)"
+
+
+def _add_embedding_rows(llm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, new_ids: list[int]) -> None:
+    """Make rows for the added marker tokens, initialised from the mean embedding (DESIGN.md, speech markers)."""
+    rows = llm.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        llm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    with torch.no_grad():
+        for matrix in {
+            id(m): m for m in (llm.get_input_embeddings().weight, llm.get_output_embeddings().weight)
+        }.values():
+            mean = matrix[:rows].mean(0)
+            matrix[new_ids] = mean
+
+
+def _bridge_rows(
+    src_tok: PreTrainedTokenizerBase, dst_tok: PreTrainedTokenizerBase, same_vocabulary: bool
+) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Token ids shared by the two vocabularies (same bytes, one token each side), and how they were found."""
+    if same_vocabulary:
+        ids = torch.arange(len(src_tok))
+        return ids, ids, "same vocabulary"
+    src_ids, dst_ids = VocabMap.build(src_tok, dst_tok).pairs()
+    return torch.as_tensor(src_ids), torch.as_tensor(dst_ids), f"VocabMap exact/normalised matches: {len(src_ids):,}"
+
+
+def swap_llm(
+    model: FunAsrNanoForConditionalGeneration,
+    processor: FunAsrNanoProcessor,
+    target: str | os.PathLike,
+    *,
+    markers: MarkerStrategy = "reuse",
+    boundaries: bool = False,
+    strategy: Strategy = "fresh",
+    size: Literal["tiny", "real"] = "tiny",
+    seed: int = 0,
+) -> SwappedModel:
+    """Put the LLM `target` into a Fun-ASR-Nano `(model, processor)` (the base, or an earlier swap).
+
+    Args:
+        target: a registry name (`Llama-3.2-1B`, ...; random weights of the `size` shape) or a local LLM folder.
+        markers: how to find the audio placeholder (and `boundaries`) in the target tokenizer: `reuse` an unused
+            special token, or `add` new ones (their embedding rows are created and stay trainable).
+        strategy: `fresh` re-initialises the adaptor's output side; `bridge` widens the old adaptor through a map
+            fitted between the two LLMs' input embeddings over their shared tokens.
+    """
+    llm, tokenizer, spec, target_name = _target_llm(target, size, seed)
+    tokenizer = copy.deepcopy(tokenizer)  # `add` markers mutate it
+    family: ChatFamily = get_family(spec.family) if spec else detect_family(tokenizer)
+    source_family = detect_family(processor.tokenizer)
+    same_vocabulary = tokenizer_fingerprint(processor.tokenizer) == tokenizer_fingerprint(tokenizer)
+    speech: SpeechMarkers = resolve_speech_markers(tokenizer, markers, boundaries=boundaries, family=family)
+    warnings: list[str] = []
+    if speech.added_ids:
+        _add_embedding_rows(llm, tokenizer, list(speech.added_ids))
+    text_cfg = llm.config
+    old = model.config
+    new_dim = text_cfg.hidden_size
+
+    bridge = None
+    bridge_report: dict[str, float] = {}
+    source_spec = match_llm(old.text_config)
+    if strategy == "bridge":
+        src_ids, dst_ids, how = _bridge_rows(processor.tokenizer, tokenizer, same_vocabulary)
+        bridge = fit_embedding_bridge(
+            model.get_input_embeddings().weight.detach()[src_ids].float(),
+            llm.get_input_embeddings().weight.detach()[dst_ids].float(),
+        )
+        bridge_report = bridge.metrics()
+        warnings.append(f"bridge fitted on {how}")
+    adaptor, adaptor_report = resize_adaptor(
+        model.model.multi_modal_projector, new_dim, strategy, bridge=bridge, seed=seed
+    )
+
+    config = FunAsrNanoConfig(
+        audio_config=old.audio_config,
+        adaptor_config=adaptor.config,
+        text_config=text_cfg,
+        audio_token_id=speech.placeholder_id,
+        tie_word_embeddings=bool(getattr(text_cfg, "tie_word_embeddings", False)),
+    )
+    with torch.device("meta"):
+        swapped = FunAsrNanoForConditionalGeneration(config)
+    parts = {
+        "model.audio_tower": model.model.audio_tower,
+        "model.multi_modal_projector": adaptor,
+        "model.language_model": llm.base_model,
+    }
+    state = {f"{prefix}.{k}": v for prefix, part in parts.items() for k, v in part.state_dict().items()}
+    state["lm_head.weight"] = llm.get_output_embeddings().weight
+    swapped.load_state_dict(state, strict=True, assign=True)
+    for prefix, part in parts.items():  # non-persistent buffers (rotary inv_freq, ...) are not in a state dict
+        for name, buffer in part.named_buffers():
+            module_name, _, leaf = f"{prefix}.{name}".rpartition(".")
+            swapped.get_submodule(module_name)._buffers[leaf] = buffer
+    if config.tie_word_embeddings:
+        swapped.tie_weights()
+    if restore_logit_softcapping(swapped):
+        warnings.append(
+            "final logit soft-capping restored with a hook on lm_head; after loading with stock transformers call "
+            "funasr_swap.logits.restore_logit_softcapping(model)"
+        )
+    swapped.eval()
+
+    # as the base's processor: batches pad on the left (generation), padding on by default (processor kwargs)
+    tokenizer.padding_side = "left"
+    tokenizer.init_kwargs.update(padding=True, padding_side="left")
+    if tokenizer.pad_token is None:  # Llama-3 has none; batching needs one, and the attention mask hides it
+        tokenizer.pad_token = tokenizer.eos_token
+        warnings.append(f"the target tokenizer has no pad token; using its eos {tokenizer.eos_token!r}")
+    template = build_chat_template(family, speech)
+    tokenizer.chat_template = template
+    new_processor = FunAsrNanoProcessor(
+        feature_extractor=processor.feature_extractor,
+        tokenizer=tokenizer,
+        chat_template=template,
+        audio_token=speech.placeholder,
+    )
+    swapped.generation_config = generation_config(tokenizer, family)
+    set_trainable(swapped, list(speech.added_ids))
+
+    report = SwapReport(
+        source_llm=source_spec.name if source_spec else f"{old.text_config.model_type} ({source_family.name})",
+        target_llm=target_name,
+        family=family.name,
+        source_hidden=old.text_config.hidden_size,
+        target_hidden=new_dim,
+        adaptor_strategy=strategy,
+        adaptor_params_before=sum(p.numel() for p in model.model.multi_modal_projector.parameters()),
+        adaptor_params_after=sum(p.numel() for p in adaptor.parameters()),
+        markers=speech.tokens,
+        added_token_ids=list(speech.added_ids),
+        tokenizer_work=(
+            "same vocabulary and role markers"
+            if same_vocabulary
+            else f"{source_family.name} -> {family.name}: "
+            + ("same role markers" if source_family == family else "new role markers")
+            + ", vocabulary remap (VocabMap)"
+        ),
+        bridge=bridge_report | {k: v for k, v in adaptor_report.metrics().items() if k.startswith("widening")},
+        warnings=warnings,
+    )
+    return SwappedModel(swapped, new_processor, report)
+
+
+def set_trainable(model: FunAsrNanoForConditionalGeneration, trainable_token_ids: list[int] = ()) -> None:
+    """Freeze everything but the adaptor; with `trainable_token_ids`, the input embedding rows of those tokens (added
+    speech markers) train too: the embedding matrix gets gradients, masked to those rows by a hook."""
+    model.requires_grad_(False)
+    model.model.multi_modal_projector.requires_grad_(True)
+    if trainable_token_ids:
+        weight = model.get_input_embeddings().weight
+        weight.requires_grad_(True)
+        mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
+        mask[list(trainable_token_ids)] = 1
+        weight.register_hook(lambda grad: grad * mask.to(grad.device, grad.dtype))

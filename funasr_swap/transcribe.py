@@ -1,0 +1,218 @@
+"""Batched transcription: audio files, bytes or arrays in, text out, in the order given.
+
+The original funasr decodes one utterance at a time. Here the audio is sorted by duration, cut into batches of
+similar length (little padding), and each batch runs through the processor's chat template (the same ASR prompt the
+model was trained with, `tokenmap.prompt`) and one `model.generate` call; the results go back to the input order.
+Prompts are padded on the left (the Qwen3 base's tokenizer pads left), so every row's new tokens start at the same
+column, and the attention masks make a batched row compute what it computes alone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import BatchFeature, FunAsrNanoForConditionalGeneration, FunAsrNanoProcessor
+
+from funasr_swap.audio import load_audio
+from tokenmap.prompt import AsrTask, check_user_text
+
+__all__ = [
+    "DEFAULT_MAX_AUDIO_SECONDS",
+    "DEFAULT_MAX_NEW_TOKENS",
+    "AudioSource",
+    "Transcript",
+    "transcribe",
+    "transcription_inputs",
+]
+
+# A path, the bytes of an audio file, an array at the processor's rate (16 kHz), or (array, its sampling rate).
+AudioSource = Union[str, Path, bytes, np.ndarray, tuple[np.ndarray, int]]
+
+DEFAULT_MAX_AUDIO_SECONDS = 60.0  # longer audio is refused: split it first (e.g. with a VAD), as funasr does
+DEFAULT_MAX_NEW_TOKENS = 512  # funasr's default `max_length` for the LLM's answer
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """The transcription of one audio input."""
+
+    text: str
+    audio_seconds: float  # duration of the audio
+    seconds: float  # wall time of its batch (features, generation, decoding) divided by the batch size
+    tokens: int  # generated text tokens, the stop token not counted
+
+
+def transcription_inputs(
+    processor: FunAsrNanoProcessor,
+    waveforms: Sequence[np.ndarray],
+    language: str | None = None,
+    hotwords: Sequence[str] = (),
+    itn: bool = True,
+) -> BatchFeature:
+    """Model inputs (`input_ids`, `attention_mask`, `input_features`, `input_features_mask`) of mono waveforms at
+    the processor's sampling rate, one ASR prompt each, rendered by the processor's chat template.
+
+    The user turn holds the content items of `tokenmap.prompt.AsrTask` (the ones `apply_transcription_request`
+    builds, plus `{"type": "itn", "itn": False}` for ITN off, which that method has no argument for), so the prompt
+    ids equal `build_asr_prompt`'s, the training prompt. Hotwords and language that spell a control token are refused.
+    """
+    check_user_text(processor.tokenizer, processor.chat_template, "hotword", hotwords)
+    if language is not None:
+        check_user_text(processor.tokenizer, processor.chat_template, "language", [language])
+    items = AsrTask(language=language, itn=itn, hotwords=tuple(hotwords)).user_content()
+    conversations = []
+    for waveform in waveforms:
+        # The processor extracts the features of the array in the audio item; the other items are shared.
+        content = [{**item, "audio": waveform} if item["type"] == "audio" else item for item in items]
+        conversations.append([{"role": "user", "content": content}])
+    return processor.apply_chat_template(conversations, tokenize=True, add_generation_prompt=True, return_dict=True)
+
+
+def _source_name(source: AudioSource, index: int) -> str:
+    if isinstance(source, (str, Path)):
+        return str(source)
+    return f"audio #{index}"
+
+
+def _load(source: AudioSource, index: int, sampling_rate: int) -> np.ndarray:
+    """Mono float32 at `sampling_rate`; errors name the file (or the input's position for bytes and arrays)."""
+    try:
+        if isinstance(source, tuple):
+            if len(source) != 2 or not isinstance(source[0], np.ndarray):
+                raise TypeError(f"expected (array, sampling_rate), got a tuple of {len(source)} item(s)")
+            return load_audio(source[0], sampling_rate, source_rate=int(source[1]))
+        if isinstance(source, np.ndarray):
+            return load_audio(source, sampling_rate, source_rate=sampling_rate)
+        if isinstance(source, (str, Path, bytes)):
+            return load_audio(source, sampling_rate)
+        raise TypeError(f"expected a path, bytes, an array or (array, sampling_rate); got {type(source).__name__}")
+    except (ValueError, TypeError) as error:
+        if isinstance(source, (str, Path)):  # load_audio's message already names the file
+            raise
+        raise type(error)(f"{_source_name(source, index)}: {error}") from error
+
+
+def _max_encoder_seconds(model: FunAsrNanoForConditionalGeneration, processor: FunAsrNanoProcessor) -> float:
+    """The longest audio whose LFR frames fit the encoder's sinusoidal positions (position 0 is unused)."""
+    fe = processor.feature_extractor
+    frame = int(fe.sampling_rate * fe.frame_length * 0.001)
+    shift = int(fe.sampling_rate * fe.frame_shift * 0.001)
+    lfr_frames = model.config.audio_config.max_position_embeddings - 1
+    return (frame + shift * (fe.stride_lfr * lfr_frames - 1)) / fe.sampling_rate
+
+
+def _mask_adaptor_padding(model: FunAsrNanoForConditionalGeneration) -> None:
+    """Make the adaptor's attention ignore padded audio frames.
+
+    transformers 5.24 sets no attention implementation on `adaptor_config` (it is no sub-model's config), and with
+    none `create_bidirectional_mask` returns no mask: in a batch, a short audio's frames attend to the padding up to
+    the longest one, and its transcript changes with its batch-mates. The encoder's implementation is the right one.
+    """
+    adaptor = model.config.adaptor_config
+    if adaptor._attn_implementation is None:
+        adaptor._attn_implementation = model.config.audio_config._attn_implementation
+
+
+def _stop_ids(model: FunAsrNanoForConditionalGeneration, processor: FunAsrNanoProcessor) -> set[int]:
+    """The ids that end an answer: the generation config's stop tokens and the padding after them."""
+    eos = model.generation_config.eos_token_id
+    if eos is None:
+        eos = []
+    return set(eos if isinstance(eos, list) else [eos]) | {processor.tokenizer.pad_token_id}
+
+
+def transcribe(
+    model: FunAsrNanoForConditionalGeneration,
+    processor: FunAsrNanoProcessor,
+    audios: Sequence[AudioSource],
+    language: str | None = None,
+    hotwords: Sequence[str] | None = None,
+    itn: bool = True,
+    batch_size: int = 8,
+    num_beams: int = 1,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    max_audio_seconds: float = DEFAULT_MAX_AUDIO_SECONDS,
+    progress: bool | None = None,
+) -> list[Transcript]:
+    """Transcribe `audios` with a Fun-ASR-Nano model (base or swapped); one `Transcript` per input, in input order.
+
+    Args:
+        model, processor: as `funasr_swap.convert.load_base` returns them; inputs go to `model.device`.
+        audios: paths, bytes of audio files, arrays at 16 kHz, or `(array, sampling_rate)` pairs; anything
+            `load_audio` reads (resampled to 16 kHz, channels averaged). All of it is decoded and checked before
+            the model runs: an hour of audio holds 230 MB.
+        language: the language to transcribe into ("zh", "en", "ja" or the checkpoint's name); None: the model's
+            choice.
+        hotwords: words that bias recognition (the checkpoint's context prompt), shared by every input.
+        itn: inverse text normalisation (numbers as digits, punctuation); False asks for the spoken form.
+        batch_size: inputs per `generate` call (sorted by duration first, so batch-mates need little padding).
+        num_beams: 1 for greedy decoding, more for beam search.
+        max_new_tokens: the longest answer, in tokens.
+        max_audio_seconds: longer audio is an error (split it first); at most what the encoder's positions cover.
+        progress: a tqdm bar; None shows it when there is more than one batch.
+
+    Raises FileNotFoundError for a missing file, ValueError naming the input for unreadable, empty, too short or
+    too long audio.
+    """
+    if isinstance(audios, (str, Path, bytes, np.ndarray)) or (
+        isinstance(audios, tuple) and len(audios) == 2 and isinstance(audios[1], int)
+    ):
+        raise TypeError(f"audios must be a list of audio inputs; wrap the single {type(audios).__name__} in a list")
+    if batch_size < 1 or num_beams < 1 or max_new_tokens < 1:
+        raise ValueError(
+            f"batch_size, num_beams and max_new_tokens must be >= 1; got {batch_size}, {num_beams}, {max_new_tokens}"
+        )
+    encoder_seconds = _max_encoder_seconds(model, processor)
+    if max_audio_seconds > encoder_seconds:
+        raise ValueError(
+            f"max_audio_seconds={max_audio_seconds} is longer than the encoder's "
+            f"{model.config.audio_config.max_position_embeddings} positions cover ({encoder_seconds:.1f} s)"
+        )
+    fe = processor.feature_extractor
+    rate = fe.sampling_rate
+    min_samples = int(rate * fe.frame_length * 0.001)  # one fbank frame
+    waveforms = []
+    for index, source in enumerate(audios):
+        waveform = _load(source, index, rate)
+        seconds = len(waveform) / rate
+        if len(waveform) < min_samples:
+            raise ValueError(
+                f"{_source_name(source, index)}: audio is {seconds:.3f} s long, shorter than one "
+                f"{fe.frame_length:g} ms feature frame"
+            )
+        if seconds > max_audio_seconds:
+            raise ValueError(
+                f"{_source_name(source, index)}: audio is {seconds:.1f} s long, longer than max_audio_seconds="
+                f"{max_audio_seconds:g}; split it (e.g. with a VAD) or raise max_audio_seconds (at most "
+                f"{encoder_seconds:.1f} s)"
+            )
+        waveforms.append(waveform)
+
+    _mask_adaptor_padding(model)
+    stop_ids = _stop_ids(model, processor)
+    order = sorted(range(len(waveforms)), key=lambda i: -len(waveforms[i]))  # longest first: memory errors come early
+    results: list[Transcript | None] = [None] * len(waveforms)
+    show = progress if progress is not None else len(waveforms) > batch_size
+    with tqdm(total=len(waveforms), unit="audio", disable=not show) as bar, torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            began = time.perf_counter()
+            inputs = transcription_inputs(processor, [waveforms[i] for i in batch], language, hotwords or (), itn)
+            output = model.generate(
+                **inputs.to(model.device), max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False
+            )  # (B, prompt + new)
+            new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
+            texts = processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            share = (time.perf_counter() - began) / len(batch)
+            for i, ids, text in zip(batch, new_tokens, texts):
+                tokens = next((k for k, token in enumerate(ids) if token in stop_ids), len(ids))
+                results[i] = Transcript(text.strip(), len(waveforms[i]) / rate, share, tokens)
+            bar.update(len(batch))
+    return results  # type: ignore[return-value]

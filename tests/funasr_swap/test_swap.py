@@ -1,0 +1,181 @@
+"""swap_llm from the tiny base into a tiny model of each family, with the real tokenizers."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForSpeechSeq2Seq
+
+from funasr_swap.base import tiny_base
+from funasr_swap.features import load_processor
+from funasr_swap.logits import restore_logit_softcapping
+from funasr_swap.swap import _target_llm, swap_llm
+from funasr_swap.transcribe import transcribe
+from tokenmap.prompt import AsrTask, build_asr_prompt
+
+# registry name -> (family, marker strategy that its tokenizer supports)
+TARGETS = {
+    "Qwen3-1.7B": ("qwen3", "reuse"),
+    "Llama-3.2-1B": ("llama3", "reuse"),
+    "Gemma-2-2B": ("gemma2", "reuse"),
+    "DeepSeek-7B": ("deepseek-llm", "add"),
+    "DeepSeek-V2-Lite": ("deepseek-v2", "add"),
+    "DeepSeek-V3": ("deepseek-v3", "reuse"),
+}
+
+
+@functools.cache
+def base():
+    return tiny_base(seed=0)
+
+
+@functools.cache
+def swapped(target: str, strategy: str = "fresh"):
+    model, processor = base()
+    return swap_llm(model, processor, target, markers=TARGETS[target][1], strategy=strategy, seed=1)
+
+
+def audio(seconds: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(16000 * seconds)) / 16000
+    return (0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+@pytest.mark.parametrize("target", list(TARGETS))
+def test_swap_config_processor_and_trainable_split(target: str):
+    family, _ = TARGETS[target]
+    result = swapped(target)
+    model, processor = result.model, result.processor
+    llm, tokenizer, spec, _ = _target_llm(target, "tiny", seed=1)
+    config = model.config
+    assert config.text_config.model_type == spec.model_type
+    assert config.adaptor_config.hidden_size == config.text_config.hidden_size == spec_tiny_hidden(target)
+    assert config.adaptor_config.intermediate_size == config.text_config.hidden_size // 4
+    assert (
+        config.audio_token_id
+        == processor.audio_token_id
+        == processor.tokenizer.convert_tokens_to_ids(processor.audio_token)
+    )
+    assert config.tie_word_embeddings == spec.tie_word_embeddings
+    assert result.report.family == family
+    # the audio tower carried over unchanged
+    old_tower = base()[0].model.audio_tower.state_dict()
+    for key, value in model.model.audio_tower.state_dict().items():
+        assert torch.equal(value, old_tower[key]), key
+    # only the adaptor (and added marker rows) train
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    expected = {name for name, _ in model.named_parameters() if name.startswith("model.multi_modal_projector.")}
+    if result.report.added_token_ids:
+        expected.add("model.language_model.embed_tokens.weight")
+    assert trainable == expected
+    # the processor's prompt is the family's ASR prompt
+    prompt = build_asr_prompt(
+        processor.tokenizer, 3, AsrTask(language="en"), family=family, markers=_markers_of(result)
+    )
+    inputs = processor.apply_transcription_request(audio=[audio(0.2, 0)], language="en")
+    n_frames = int(inputs["input_features_mask"].sum())
+    assert (
+        inputs["input_ids"][0].tolist()
+        == build_asr_prompt(
+            processor.tokenizer, n_frames, AsrTask(language="en"), family=family, markers=_markers_of(result)
+        ).input_ids
+    )
+    assert prompt.input_ids.count(config.audio_token_id) == 3
+
+
+def spec_tiny_hidden(target: str) -> int:
+    return _target_llm(target, "tiny", seed=1)[0].config.hidden_size
+
+
+def _markers_of(result):
+    from tokenmap.markers import SpeechMarkers
+
+    (token, token_id) = result.report.markers["placeholder"]
+    return SpeechMarkers(token, token_id)
+
+
+@pytest.mark.parametrize("target", list(TARGETS))
+def test_text_only_logits_equal_the_targets_own_causal_lm(target: str):
+    result = swapped(target)
+    llm = _target_llm(target, "tiny", seed=1)[0]
+    if result.report.added_token_ids:
+        llm.resize_token_embeddings(result.model.config.text_config.vocab_size, mean_resizing=False)
+    ids = torch.tensor([[5, 17, 99, 1000, 3]])
+    with torch.no_grad():
+        ours = result.model(input_ids=ids).logits
+        theirs = llm(input_ids=ids).logits
+    # rows of added markers differ (mean-initialised); compare every other column
+    keep = torch.ones(theirs.shape[-1], dtype=torch.bool)
+    keep[result.report.added_token_ids] = False
+    torch.testing.assert_close(ours[..., keep], theirs[..., keep], rtol=1e-5, atol=1e-5)
+
+
+def test_gemma2_soft_capping_is_restored():
+    result = swapped("Gemma-2-2B")
+    cap = result.model.config.text_config.final_logit_softcapping
+    with torch.no_grad():
+        logits = result.model(input_ids=torch.tensor([[2, 106, 1645]])).logits
+    assert logits.abs().max() <= cap
+    assert restore_logit_softcapping(result.model)  # idempotent: a second call adds no second hook
+    with torch.no_grad():
+        again = result.model(input_ids=torch.tensor([[2, 106, 1645]])).logits
+    torch.testing.assert_close(logits, again)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", list(TARGETS))
+def test_save_reload_train_and_transcribe(target: str, tmp_path):
+    result = swapped(target, "bridge" if target in ("Qwen3-1.7B", "Llama-3.2-1B") else "fresh")
+    folder = result.save(tmp_path / "swapped")
+    assert (folder / "SWAP_REPORT.md").is_file()
+    model = AutoModelForSpeechSeq2Seq.from_pretrained(folder)
+    processor = load_processor(folder)  # stock AutoProcessor needs torchaudio, which this machine lacks
+    restore_logit_softcapping(model)
+    assert type(model).__name__ == "FunAsrNanoForConditionalGeneration"
+    assert processor.audio_token == result.processor.audio_token
+    for key, value in result.model.state_dict().items():
+        assert torch.equal(value, model.state_dict()[key]), key
+    # a training forward with labels: loss is finite and gradients reach the adaptor
+    family = TARGETS[target][0]
+    clip = audio(0.4, 1)
+    inputs = processor.apply_transcription_request(audio=[clip])
+    n = int(inputs["input_features_mask"].sum())
+    example = build_asr_prompt(processor.tokenizer, n, target="hello 你好", family=family, markers=_markers_of(result))
+    model.train()
+    out = model(
+        input_ids=torch.tensor([example.input_ids]),
+        labels=torch.tensor([example.labels]),
+        input_features=inputs["input_features"],
+        input_features_mask=inputs["input_features_mask"],
+    )
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    assert model.model.multi_modal_projector.linear_2.weight.grad.abs().sum() > 0
+    model.eval()
+    clips = [audio(0.5, 2), audio(1.2, 3), audio(0.3, 4)]
+    batched = transcribe(model, processor, clips, batch_size=3, max_new_tokens=4)
+    single = [transcribe(model, processor, [c], batch_size=1, max_new_tokens=4)[0] for c in clips]
+    assert [t.text for t in batched] == [t.text for t in single]
+
+
+def test_bridge_fits_over_the_shared_vocabulary():
+    result = swapped("Llama-3.2-1B", "bridge")
+    assert result.report.adaptor_strategy == "bridge"
+    assert result.report.bridge["pairs"] > 50_000  # Qwen3 and Llama-3 share most byte-level pieces
+    assert result.report.bridge["widening_rel_error"] < 1e-4
+
+
+def test_unsatisfiable_markers_unknown_target_and_bad_folder(tmp_path):
+    model, processor = base()
+    with pytest.raises(ValueError, match="strategy 'add'"):
+        swap_llm(model, processor, "DeepSeek-V2-Lite", markers="reuse")
+    with pytest.raises(KeyError, match="Qwen3-0.6B"):
+        swap_llm(model, processor, "GPT-5")
+    folder = tmp_path / "llm"
+    folder.mkdir()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        swap_llm(model, processor, folder)
+    assert list(tmp_path.iterdir()) == [folder]

@@ -1,0 +1,222 @@
+"""Batched transcription: equal to one-by-one, in input order, any rate and channel count, errors naming the file,
+prompts equal to the training prompts, and the `transcribe` command."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from typer.testing import CliRunner
+
+from funasr_swap.audio import load_audio
+from funasr_swap.base import tiny_base
+from funasr_swap.cli import app
+from funasr_swap.transcribe import Transcript, transcribe, transcription_inputs
+from tokenmap.prompt import AsrTask, build_asr_prompt
+
+MAX_NEW_TOKENS = 8
+
+
+def voice(seconds: float, seed: int, rate: int = 16000) -> np.ndarray:
+    """Noise under a tone whose pitch depends on the seed: distinct audio, distinct encoder outputs."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(rate * seconds)) / rate
+    return (0.3 * np.sin(2 * np.pi * (150 + 200 * seed) * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def base():
+    """The tiny base with its matrices redrawn at std 1/sqrt(fan_in).
+
+    At the stock init (std 0.02) the tied embeddings dominate the last position, and every audio yields the same
+    tokens (a newline, repeated): batched-equals-single would hold trivially. Redrawn, the answer depends on the audio.
+    """
+    model, processor = tiny_base(seed=0)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.dim() == 2 and "embed_tokens" not in name:
+                parameter.normal_(0.0, parameter.shape[1] ** -0.5, generator=generator)
+    return model, processor
+
+
+@pytest.fixture(scope="module")
+def clips():
+    return [voice(seconds, seed) for seed, seconds in enumerate((1.3, 3.1, 0.6, 2.2, 1.7))]
+
+
+@pytest.fixture(scope="module")
+def one_by_one(base, clips):
+    model, processor = base
+    return transcribe(model, processor, clips, batch_size=1, max_new_tokens=MAX_NEW_TOKENS)
+
+
+def test_batched_equals_one_by_one(base, clips, one_by_one):
+    model, processor = base
+    batched = transcribe(model, processor, clips, batch_size=len(clips), max_new_tokens=MAX_NEW_TOKENS)
+    assert len({r.text for r in one_by_one}) > 1  # the answers depend on the audio: the comparison means something
+    assert [r.text for r in batched] == [r.text for r in one_by_one]
+    assert [r.tokens for r in batched] == [r.tokens for r in one_by_one]
+    assert all(isinstance(r, Transcript) and r.text == r.text.strip() and r.seconds > 0 for r in batched)
+
+
+def test_batched_beam_search_equals_one_by_one(base, clips):
+    model, processor = base
+    single = transcribe(model, processor, clips[:3], batch_size=1, num_beams=3, max_new_tokens=4)
+    batched = transcribe(model, processor, clips[:3], batch_size=3, num_beams=3, max_new_tokens=4)
+    assert [r.text for r in batched] == [r.text for r in single]
+
+
+def test_results_come_back_in_input_order(base, clips, one_by_one):
+    model, processor = base
+    reordered = [4, 0, 3, 1, 2]
+    results = transcribe(model, processor, [clips[i] for i in reordered], batch_size=2, max_new_tokens=MAX_NEW_TOKENS)
+    assert [r.text for r in results] == [one_by_one[i].text for i in reordered]
+    assert [r.audio_seconds for r in results] == [len(clips[i]) / 16000 for i in reordered]
+
+
+def test_any_rate_and_stereo(base, clips, tmp_path):
+    model, processor = base
+    at_8k, at_44k, stereo = tmp_path / "8k.wav", tmp_path / "44k.flac", tmp_path / "stereo.wav"
+    soundfile.write(at_8k, voice(1.5, 1, rate=8000), 8000)
+    soundfile.write(at_44k, voice(1.0, 2, rate=44100), 44100)
+    soundfile.write(stereo, np.stack([clips[0], clips[3][: len(clips[0])]], axis=1), 16000)
+    files = [at_8k, str(at_44k), stereo]
+    results = transcribe(model, processor, files, batch_size=3, max_new_tokens=MAX_NEW_TOKENS)
+    assert [r.audio_seconds for r in results] == pytest.approx([1.5, 1.0, len(clips[0]) / 16000])
+    # The same as the 16 kHz mono waveforms load_audio makes of them; the stereo file is the mean of its channels.
+    expected = transcribe(model, processor, [load_audio(f) for f in files], max_new_tokens=MAX_NEW_TOKENS)
+    assert [r.text for r in results] == [r.text for r in expected]
+    mean = (clips[0] + clips[3][: len(clips[0])]) / 2
+    assert results[2].text == transcribe(model, processor, [mean], max_new_tokens=MAX_NEW_TOKENS)[0].text
+    # (array, rate) pairs and file bytes take the same path.
+    pair = transcribe(model, processor, [(voice(1.5, 1, rate=8000), 8000), at_8k.read_bytes()], max_new_tokens=8)
+    assert [r.text for r in pair] == [results[0].text] * 2
+
+
+def test_unreadable_missing_and_empty_audio_name_the_file(base, tmp_path):
+    model, processor = base
+    good, bad, empty = tmp_path / "good.wav", tmp_path / "bad.wav", tmp_path / "empty.wav"
+    soundfile.write(good, voice(0.5, 0), 16000)
+    bad.write_text("not audio")
+    soundfile.write(empty, np.zeros(0, np.float32), 16000)
+    with pytest.raises(ValueError, match=f"cannot read audio {bad}"):
+        transcribe(model, processor, [good, bad])
+    with pytest.raises(FileNotFoundError, match="nowhere.wav"):
+        transcribe(model, processor, [good, tmp_path / "nowhere.wav"])
+    with pytest.raises(ValueError, match=f"audio {empty} is empty"):
+        transcribe(model, processor, [empty])
+    with pytest.raises(ValueError, match="audio #1: cannot read audio <9 bytes>"):
+        transcribe(model, processor, [good, b"not audio"])
+    with pytest.raises(ValueError, match=r"audio #0: audio is 0\.010 s long, shorter than one 25 ms feature frame"):
+        transcribe(model, processor, [np.zeros(160, np.float32)])
+
+
+def test_too_long_audio_names_the_file_and_its_duration(base, tmp_path):
+    model, processor = base
+    long = tmp_path / "long.wav"
+    soundfile.write(long, np.zeros(16000 * 61, np.float32), 16000)
+    with pytest.raises(ValueError, match=rf"{long}: audio is 61\.0 s long, longer than max_audio_seconds=60"):
+        transcribe(model, processor, [long])
+    with pytest.raises(ValueError, match=r"audio #0: audio is 2\.5 s long, longer than max_audio_seconds=2"):
+        transcribe(model, processor, [np.zeros(40000, np.float32)], max_audio_seconds=2)
+    # The encoder's 2049 sinusoidal positions cover about 123 s of audio.
+    with pytest.raises(ValueError, match=r"max_audio_seconds=300 is longer than the encoder's 2049 positions cover"):
+        transcribe(model, processor, [np.zeros(16000, np.float32)], max_audio_seconds=300)
+
+
+def test_a_single_input_must_be_in_a_list(base, clips):
+    model, processor = base
+    with pytest.raises(TypeError, match="wrap the single ndarray in a list"):
+        transcribe(model, processor, clips[0])
+    with pytest.raises(TypeError, match="wrap the single tuple in a list"):
+        transcribe(model, processor, (clips[0], 16000))
+
+
+def test_hotwords_spelling_a_control_token_are_refused(base, clips):
+    model, processor = base
+    with pytest.raises(ValueError, match="hotword 'x<|im_end|>' contains the special token '<|im_end|>'"):
+        transcribe(model, processor, clips[:1], hotwords=["x<|im_end|>"])
+
+
+TASKS = {
+    "plain": AsrTask(),
+    "language": AsrTask(language="en"),
+    "hotwords": AsrTask(hotwords=("阿里巴巴", "Fun-ASR")),
+    "no itn": AsrTask(itn=False),
+    "all": AsrTask(language="zh", itn=False, hotwords=("通义",)),
+}
+
+
+@pytest.mark.parametrize("task", TASKS.values(), ids=TASKS.keys())
+def test_prompt_ids_equal_the_training_prompt(base, clips, task):
+    """The processor path (inference) and `build_asr_prompt` (training) give the same ids, row by row of a batch."""
+    _, processor = base
+    inputs = transcription_inputs(processor, clips[:3], task.language, task.hotwords, task.itn)
+    for row in range(3):
+        ids = inputs["input_ids"][row][inputs["attention_mask"][row].bool()].tolist()
+        n_frames = int(inputs["input_features_mask"][row].sum())
+        assert ids == build_asr_prompt(processor.tokenizer, n_frames, task).input_ids
+    assert (inputs["attention_mask"][:, -1] == 1).all()  # padded on the left: every prompt ends in the last column
+
+
+@pytest.mark.parametrize("task", [t for t in TASKS.values() if t.itn], ids=[k for k, t in TASKS.items() if t.itn])
+def test_prompt_equals_stock_transcription_request(base, clips, task):
+    _, processor = base
+    ours = transcription_inputs(processor, clips[:2], task.language, task.hotwords)
+    stock = processor.apply_transcription_request(
+        audio=clips[:2], language=task.language, keywords=list(task.hotwords) or None
+    )
+    assert ours.keys() == stock.keys()
+    for key in ours:
+        assert torch.equal(ours[key], stock[key]), key
+
+
+@pytest.fixture(scope="module")
+def model_folder(base, tmp_path_factory):
+    model, processor = base
+    folder = tmp_path_factory.mktemp("model")
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def test_cli_prints_and_writes_jsonl(base, model_folder, clips, tmp_path):
+    files = []
+    for i in (0, 1):
+        files.append(tmp_path / f"clip{i}.wav")
+        soundfile.write(files[i], clips[i], 16000)
+    args = ["transcribe", str(model_folder), *map(str, files), "--max-new-tokens", str(MAX_NEW_TOKENS)]
+    runner = CliRunner()
+    printed = runner.invoke(app, args)
+    assert printed.exit_code == 0, printed.output
+    model, processor = base
+    expected = transcribe(model, processor, files, max_new_tokens=MAX_NEW_TOKENS)  # saved and reloaded: same model
+    assert printed.stdout.splitlines() == [f"{f}\t{r.text}" for f, r in zip(files, expected)]
+
+    out = tmp_path / "out" / "transcripts.jsonl"
+    written = runner.invoke(app, [*args, "--jsonl", str(out), "--batch-size", "1", "--no-itn", "--hotword", "a"])
+    assert written.exit_code == 0, written.output
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [row["audio"] for row in rows] == list(map(str, files))
+    assert [row["audio_seconds"] for row in rows] == [len(clips[0]) / 16000, len(clips[1]) / 16000]
+    no_itn = transcribe(model, processor, files, itn=False, hotwords=["a"], max_new_tokens=MAX_NEW_TOKENS)
+    assert [row["text"] for row in rows] == [r.text for r in no_itn]
+    assert list(out.parent.iterdir()) == [out]  # no temporary file left beside it
+
+
+def test_cli_errors_are_one_line(model_folder, tmp_path):
+    runner = CliRunner()
+    neither = tmp_path / "neither"
+    neither.mkdir()
+    (neither / "config.json").write_text('{"model_type": "qwen3"}')
+    result = runner.invoke(app, ["transcribe", str(neither), str(tmp_path / "a.wav")])
+    assert result.exit_code == 1
+    assert len(result.output.strip().splitlines()) == 1
+    assert result.output.startswith("error: ") and "is not a Fun-ASR-Nano checkpoint" in result.output
+    missing = runner.invoke(app, ["transcribe", str(model_folder), str(tmp_path / "a.wav")])
+    assert missing.exit_code == 1  # after the model's loading bar, one line
+    assert missing.output.splitlines()[-1] == f"error: audio file {tmp_path / 'a.wav'} does not exist"
