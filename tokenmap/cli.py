@@ -21,9 +21,10 @@ from rich.text import Text
 
 from tokenmap.assets import SOURCES, TokenizerNotFoundError, fetch, load_tokenizer
 from tokenmap.families import FAMILIES, ChatFamily, detect_family, get_family
-from tokenmap.io import atomic_folder
+from tokenmap.io import atomic_folder, atomic_write_lines
 from tokenmap.markers import resolve_speech_markers
 from tokenmap.prompt import DEFAULT_SYSTEM, AsrTask, build_asr_prompt, build_chat_template
+from tokenmap.vocab_map import VocabMap
 
 app = typer.Typer(
     help=__doc__,
@@ -234,6 +235,109 @@ def add_markers_command(
     if markers.added_ids:
         out.print(f"[yellow]added ids {list(markers.added_ids)}: the LLM embedding needs these rows[/yellow]")
     out.print(f"saved to {output}")
+
+
+@app.command("build")
+@one_line_errors
+def build_command(
+    src: TokArg,
+    dst: TokArg,
+    output: Annotated[Path, typer.Option("-o", "--output", help="map file: .safetensors (compact) or .json")],
+) -> None:
+    """Build a vocabulary map SRC -> DST (every source id to target ids with the same bytes) and save it.
+
+    Example: `tokenmap build qwen3 llama3 -o qwen3-llama3.safetensors`
+    """
+    if output.suffix not in (".safetensors", ".json"):
+        raise CliError(f"--output {output} must end in .safetensors or .json")
+    vocab_map = VocabMap.build(load_tokenizer(src), load_tokenizer(dst))
+    vocab_map.save(output)
+    stats = vocab_map.stats()
+    table = Table(title=f"{src} -> {dst}")
+    table.add_column("match")
+    table.add_column("source tokens", justify="right")
+    for key, value in stats.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            table.add_row(key, f"{value:,}")
+    out.print(table)
+    out.print(f"saved to {output}")
+
+
+def _convert_manifest(
+    lines, vocab_map: VocabMap, dst, ids_field: str, text_field: str | None, canonical: bool, source: Path
+):
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CliError(f"{source}:{number}: not a JSON line ({exc.msg})") from None
+        if not isinstance(record, dict):
+            raise CliError(f"{source}:{number}: expected a JSON object, got {type(record).__name__}")
+        if ids_field in record:
+            ids = record[ids_field]
+            if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
+                raise CliError(f"{source}:{number}: field {ids_field!r} must be a list of token ids")
+            try:
+                record[ids_field] = vocab_map.convert(ids, canonical=canonical)
+            except ValueError as exc:
+                raise CliError(f"{source}:{number}: {exc}") from None
+        elif text_field is not None and text_field in record:
+            record[ids_field] = dst(record[text_field], add_special_tokens=False).input_ids
+        else:
+            wanted = ids_field + (f" or {text_field!r}" if text_field else "")
+            raise CliError(f"{source}:{number}: no field {wanted!r}")
+        yield json.dumps(record, ensure_ascii=False)
+
+
+@app.command("convert")
+@one_line_errors
+def convert_command(
+    map_file: Annotated[Path, typer.Argument(metavar="MAP", help="a map written by `tokenmap build`")],
+    ids: Annotated[list[int] | None, typer.Argument(help="source token ids to convert")] = None,
+    jsonl: Annotated[Path | None, typer.Option(help="JSONL manifest to convert (streamed)")] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="output JSONL (atomic)")] = None,
+    ids_field: Annotated[str, typer.Option(help="field holding source token ids")] = "ids",
+    text_field: Annotated[str | None, typer.Option(help="field holding text, tokenised with the target")] = None,
+    src: Annotated[str | None, typer.Option(help="source tokenizer (default: the one the map names)")] = None,
+    dst: Annotated[str | None, typer.Option(help="target tokenizer (default: the one the map names)")] = None,
+    canonical: Annotated[bool, typer.Option(help="re-encode text runs as the target would tokenise them")] = False,
+) -> None:
+    """Convert token ids with a map: ids on the command line, or a JSONL manifest's id/text fields.
+
+    The tokenizers are checked against the fingerprints stored in the map; a mismatch is an error.
+
+    Examples: `tokenmap convert qwen3-llama3.safetensors 14990 1879`;
+    `tokenmap convert m.safetensors --jsonl train.jsonl -o train.llama3.jsonl`
+    """
+    if not map_file.is_file():
+        raise CliError(f"{map_file}: no such map file")
+    vocab_map = VocabMap.load(map_file)
+    src_tok = load_tokenizer(src or vocab_map.src_name)
+    dst_tok = load_tokenizer(dst or vocab_map.dst_name)
+    vocab_map.check(src_tok, dst_tok)
+    if jsonl is None:
+        if not ids:
+            raise CliError("give token ids or --jsonl FILE")
+        converted = vocab_map.convert(ids, canonical=canonical)
+        out.print(" ".join(map(str, converted)))
+        return
+    if output is None:
+        raise CliError("--jsonl needs -o/--output")
+    if not jsonl.is_file():
+        raise CliError(f"{jsonl}: no such file")
+    with jsonl.open(encoding="utf-8") as lines:
+        records = _convert_manifest(lines, vocab_map, dst_tok, ids_field, text_field, canonical, jsonl)
+        counted = [0]
+
+        def count(records):
+            for record in records:
+                counted[0] += 1
+                yield record
+
+        atomic_write_lines(output, count(records))
+    out.print(f"wrote {counted[0]:,} lines to {output}")
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -68,3 +68,28 @@ def test_bad_input_is_one_line_and_exit_1(args, message, tmp_path):
     assert message in result.output
     assert result.output.count("\n") == 1 and "Traceback" not in result.output
     assert not (tmp_path / "OUT").exists()
+
+
+def test_build_and_convert_ids_and_manifest(tmp_path):
+    map_file = tmp_path / "q2l.safetensors"
+    result = invoke("build", "qwen3", "llama3", "-o", str(map_file))
+    assert result.exit_code == 0, result.output
+    assert "exact" in result.output and map_file.is_file()
+    result = invoke("convert", str(map_file), "14990", "1879")  # "hello world" in Qwen3
+    assert result.exit_code == 0, result.output
+    assert result.output.split() == ["15339", "1917"]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"ids": [14990, 1879]}\n{"text": "你好"}\n')
+    out = tmp_path / "out.jsonl"
+    result = invoke("convert", str(map_file), "--jsonl", str(manifest), "--text-field", "text", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    lines = out.read_text().splitlines()
+    assert len(lines) == 2 and '"ids": [15339, 1917]' in lines[0]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"ids": [1]}\n{oops\n')
+    out_bad = tmp_path / "bad-out.jsonl"
+    result = invoke("convert", str(map_file), "--jsonl", str(bad), "-o", str(out_bad))
+    assert result.exit_code == 1 and "bad.jsonl:2" in result.output
+    assert not out_bad.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    result = invoke("convert", str(map_file), "1", "--src", "gemma2")
+    assert result.exit_code == 1 and "fingerprint" in result.output
