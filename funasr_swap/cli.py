@@ -57,3 +57,122 @@ def convert(
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from error
     typer.echo(f"wrote {written}")
+
+
+@app.command()
+def transcribe(
+    model: Path = typer.Argument(..., help="Fun-ASR-Nano model folder (Hugging Face or original format)"),
+    audio: list[Path] = typer.Argument(..., help="audio files (wav, flac, ogg, ...; any rate, mono or stereo)"),
+    jsonl: Path | None = typer.Option(None, "--jsonl", help="write one JSON line per file here instead of printing"),
+    language: str | None = typer.Option(None, help="transcribe into this language (zh, en, ja, ...)"),
+    hotword: list[str] | None = typer.Option(None, "--hotword", help="a word to bias recognition; repeatable"),
+    itn: bool = typer.Option(True, "--itn/--no-itn", help="inverse text normalisation (digits, punctuation)"),
+    batch_size: int = typer.Option(8, min=1, help="files per generate call"),
+    beams: int = typer.Option(1, min=1, help="beam search width (1: greedy)"),
+    max_new_tokens: int = typer.Option(512, min=1, help="the longest transcript, in tokens"),
+) -> None:
+    """Transcribe audio files: prints FILE<TAB>TEXT per file, or writes JSONL (audio, text, audio_seconds).
+
+    Example: funasr-swap transcribe ./Fun-ASR-Nano-2512-hf a.wav b.flac --language en --jsonl out.jsonl
+    """
+    import json
+    import os
+    import tempfile
+
+    import torch
+
+    from funasr_swap.convert import load_base
+    from funasr_swap.transcribe import transcribe as run_transcription
+
+    try:
+        base, processor = load_base(model, device="cuda" if torch.cuda.is_available() else None)
+        results = run_transcription(
+            base, processor, audio, language=language, hotwords=hotword or (), itn=itn, batch_size=batch_size,
+            num_beams=beams, max_new_tokens=max_new_tokens,
+        )
+    except (OSError, KeyError, ValueError) as error:  # a wrong folder or audio file: its message, no traceback
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from error
+    if jsonl is None:
+        for path, result in zip(audio, results):
+            typer.echo(f"{path}\t{result.text}")
+        return
+    lines = [
+        json.dumps({"audio": str(path), "text": r.text, "audio_seconds": r.audio_seconds}, ensure_ascii=False)
+        for path, r in zip(audio, results)
+    ]
+    jsonl.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{jsonl.name}-", dir=jsonl.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write("".join(line + "\n" for line in lines))
+        os.replace(tmp, jsonl)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    typer.echo(f"wrote {len(lines)} transcript(s) to {jsonl}")
+
+
+@app.command()
+def plan(
+    source: str = typer.Option("Qwen3-0.6B", "--from", help="the LLM inside the model you start from"),
+) -> None:
+    """Compare every registry LLM as a swap target: width, adaptor size, tokenizer work, markers, memory, path.
+
+    Memory is bf16 weights (encoder + adaptor + LLM); training adds fp32 master weights, gradients and AdamW
+    moments for the adaptor only (activations excluded). Paths: A stays in the Qwen family, B moves to
+    Llama-3.2-3B, C to DeepSeek-V2-Lite.
+
+    Example: funasr-swap plan --from Qwen3-0.6B
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from funasr_swap.plan import swap_plan
+
+    try:
+        rows = swap_plan(source)
+    except KeyError as error:
+        typer.echo(f"error: {error.args[0]}", err=True)
+        raise typer.Exit(1) from error
+    table = Table(title=f"swapping the LLM of Fun-ASR-Nano ({source})")
+    for column in ("LLM", "hidden", "llm_dim", "adaptor params", "tokenizer work", "markers", "infer GiB", "train GiB"):
+        table.add_column(column, justify="right" if column in ("hidden", "infer GiB", "train GiB") else "left")
+    table.add_column("path")
+    for r in rows:
+        table.add_row(
+            r.llm, str(r.hidden), f"{r.dim_change:+.0%}",
+            f"{r.adaptor_params_before / 1e6:.1f}M -> {r.adaptor_params_after / 1e6:.1f}M",
+            r.tokenizer_work, r.markers, f"{r.inference_gib:.1f}", f"{r.training_gib:.1f}", r.path,
+        )  # fmt: skip
+    Console().print(table)
+
+
+@app.command()
+def swap(
+    base: Path = typer.Option(..., help="Fun-ASR-Nano folder (Hugging Face or original format)"),
+    llm: str = typer.Option(..., help="registry name (random weights) or a local LLM folder"),
+    output: Path = typer.Option(..., "-o", "--output", help="folder to write the swapped model to"),
+    strategy: str = typer.Option("fresh", help="adaptor: fresh | bridge"),
+    markers: str = typer.Option("reuse", help="speech markers: reuse | add"),
+    boundaries: bool = typer.Option(False, help="also wrap the audio in start/end marker tokens"),
+    size: str = typer.Option("tiny", help="registry targets only: tiny | real shape (random weights)"),
+) -> None:
+    """Swap the LLM of a Fun-ASR-Nano model and save a folder that stock transformers loads.
+
+    Example: funasr-swap swap --base ./Fun-ASR-Nano-2512-hf --llm ./Llama-3.2-1B --strategy bridge -o ./nano-llama
+    """
+    from funasr_swap.convert import load_base
+    from funasr_swap.swap import swap_llm
+
+    try:
+        model, processor = load_base(base)
+        result = swap_llm(
+            model, processor, llm, markers=markers, boundaries=boundaries, strategy=strategy, size=size
+        )
+        result.save(output)
+    except (OSError, KeyError, ValueError) as error:  # nothing is written unless the swap succeeded
+        typer.echo(f"error: {error.args[0] if isinstance(error, KeyError) else error}", err=True)
+        raise typer.Exit(1) from error
+    typer.echo(result.report.to_markdown())
+    typer.echo(f"saved to {output}")

@@ -68,9 +68,9 @@ def swap_plan(source: str = "Qwen3-0.6B") -> list[PlanRow]:
         after = adaptor_params(spec.name)
         weights = encoder + after + _llm_params(spec.name)
         if spec.tokenizer == src.tokenizer:
-            work = "same vocabulary and role markers"
+            work = "same vocabulary"
         else:
-            work = f"new role markers ({family.name}), vocabulary remap"
+            work = f"remap to {family.name}"
         rows.append(
             PlanRow(
                 llm=spec.name,
