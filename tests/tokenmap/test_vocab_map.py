@@ -71,7 +71,8 @@ def vocab(name: str):
 
 
 def encode(name: str, text: str) -> list[int]:
-    return real_tokenizer(name).encode(text, add_special_tokens=False)
+    """Text as the source tokenizer encodes it; text that spells a control token stays text."""
+    return real_tokenizer(name).encode(text, add_special_tokens=False, split_special_tokens=True)
 
 
 def assert_same_text(src: str, dst: str, src_ids: list[int], canonical: bool = False) -> list[int]:
