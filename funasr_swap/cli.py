@@ -76,13 +76,12 @@ def transcribe(
     Example: funasr-swap transcribe ./Fun-ASR-Nano-2512-hf a.wav b.flac --language en --jsonl out.jsonl
     """
     import json
-    import os
-    import tempfile
 
     import torch
 
     from funasr_swap.convert import load_base
     from funasr_swap.transcribe import transcribe as run_transcription
+    from tokenmap.io import atomic_write_lines
 
     try:
         base, processor = load_base(model, device="cuda" if torch.cuda.is_available() else None)
@@ -101,15 +100,7 @@ def transcribe(
         json.dumps({"audio": str(path), "text": r.text, "audio_seconds": r.audio_seconds}, ensure_ascii=False)
         for path, r in zip(audio, results)
     ]
-    jsonl.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{jsonl.name}-", dir=jsonl.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write("".join(line + "\n" for line in lines))
-        os.replace(tmp, jsonl)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write_lines(jsonl, lines)
     typer.echo(f"wrote {len(lines)} transcript(s) to {jsonl}")
 
 

@@ -26,9 +26,9 @@ from transformers import (
 )
 
 from funasr_swap.adaptor import Strategy, fit_embedding_bridge, resize_adaptor
+from funasr_swap.compat import mask_adaptor_padding, restore_logit_softcapping
 from funasr_swap.convert import generation_config
 from funasr_swap.llms import LLMSpec, get_llm, load_llm, match_llm, text_config, tiny_text_config
-from funasr_swap.logits import restore_logit_softcapping
 from tokenmap.assets import load_tokenizer, tokenizer_fingerprint
 from tokenmap.families import ChatFamily, detect_family, get_family
 from tokenmap.io import atomic_folder
@@ -202,8 +202,9 @@ def swap_llm(
     if restore_logit_softcapping(swapped):
         warnings.append(
             "final logit soft-capping restored with a hook on lm_head; after loading with stock transformers call "
-            "funasr_swap.logits.restore_logit_softcapping(model)"
+            "funasr_swap.compat.restore_logit_softcapping(model)"
         )
+    mask_adaptor_padding(swapped)
     swapped.eval()
 
     # as the base's processor: batches pad on the left (generation), padding on by default (processor kwargs)

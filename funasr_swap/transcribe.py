@@ -5,7 +5,7 @@ similar length (little padding), and each batch runs through the processor's cha
 model was trained with, `tokenmap.prompt`) and one `model.generate` call; the results go back to the input order.
 Prompts are padded on the left (the Qwen3 base's tokenizer pads left), so every row's new tokens start at the same
 column, and the attention masks make a batched row compute what it computes alone (once the adaptor masks padded
-audio frames too: `_mask_adaptor_padding`).
+audio frames too: `funasr_swap.compat.mask_adaptor_padding`).
 
 Speed on a GPU (benchmarks/transcribe.py, H100, a random model of the real shapes, 256 clips of 2-15 s, 32 tokens
 each; benchmarks/results/transcribe_gpu.json): one clip at a time runs at 4.7x real time; batches of 256 at 640x.
@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from transformers import BatchFeature, FunAsrNanoForConditionalGeneration, FunAsrNanoProcessor
 
 from funasr_swap.audio import load_audio
+from funasr_swap.compat import mask_adaptor_padding
 from tokenmap.prompt import AsrTask, check_user_text
 
 __all__ = [
@@ -116,18 +117,6 @@ def _max_encoder_seconds(model: FunAsrNanoForConditionalGeneration, processor: F
     return (frame + shift * (fe.stride_lfr * lfr_frames - 1)) / fe.sampling_rate
 
 
-def _mask_adaptor_padding(model: FunAsrNanoForConditionalGeneration) -> None:
-    """Make the adaptor's attention ignore padded audio frames.
-
-    transformers 5.24 sets no attention implementation on `adaptor_config` (it is no sub-model's config), and with
-    none `create_bidirectional_mask` returns no mask: in a batch, a short audio's frames attend to the padding up to
-    the longest one, and its transcript changes with its batch-mates. The encoder's implementation is the right one.
-    """
-    adaptor = model.config.adaptor_config
-    if adaptor._attn_implementation is None:
-        adaptor._attn_implementation = model.config.audio_config._attn_implementation
-
-
 def _stop_ids(model: FunAsrNanoForConditionalGeneration, processor: FunAsrNanoProcessor) -> set[int]:
     """The ids that end an answer: the generation config's stop tokens and the padding after them."""
     eos = model.generation_config.eos_token_id
@@ -203,7 +192,7 @@ def transcribe(
             )
         waveforms.append(waveform)
 
-    _mask_adaptor_padding(model)
+    mask_adaptor_padding(model)  # a model loaded with stock transformers needs it too
     stop_ids = _stop_ids(model, processor)
     order = sorted(range(len(waveforms)), key=lambda i: -len(waveforms[i]))  # longest first: memory errors come early
     results: list[Transcript | None] = [None] * len(waveforms)

@@ -1,4 +1,10 @@
-"""What a family's `*ForCausalLM` does after the backbone that FunAsrNano's plain `lm_head` does not.
+"""Where transformers' FunAsrNano falls short, filled narrowly (each fix is idempotent and tested).
+
+- `mask_adaptor_padding`: transformers 5.24 leaves the adaptor config without an attention implementation, and
+  with none its blocks get no attention mask: in a padded batch, a short clip's frames attend to the padding, so
+  batched transcription and batched training differ from one clip at a time.
+- `restore_logit_softcapping`: what a family's `*ForCausalLM` does after the backbone that FunAsrNano's plain
+  `lm_head` does not.
 
 FunAsrNano builds the text backbone with `AutoModel` and its own `lm_head`, so Gemma-2's final logit soft-capping
 (`logits = cap * tanh(logits / cap)`, cap 30.0) is lost. `restore_logit_softcapping` puts it back with a forward
@@ -11,6 +17,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers import FunAsrNanoForConditionalGeneration
 
 _HOOK_ATTR = "_funasr_swap_softcap_hook"
 
@@ -33,3 +40,14 @@ def restore_logit_softcapping(model: nn.Module) -> bool:
     if getattr(model.lm_head, _HOOK_ATTR, None) is None:
         setattr(model.lm_head, _HOOK_ATTR, model.lm_head.register_forward_hook(_softcap_hook(float(cap))))
     return True
+
+
+def mask_adaptor_padding(model: FunAsrNanoForConditionalGeneration) -> None:
+    """Make the adaptor's attention ignore padded audio frames, with the audio encoder's attention implementation.
+
+    `create_bidirectional_mask` returns no mask for a config whose `_attn_implementation` is None, which is what
+    `adaptor_config` gets (it is no sub-model's config), whether the model was built or loaded.
+    """
+    adaptor = model.config.adaptor_config
+    if adaptor._attn_implementation is None:
+        adaptor._attn_implementation = model.config.audio_config._attn_implementation
