@@ -195,6 +195,7 @@ def build_asr_prompt(
     system: str = DEFAULT_SYSTEM,
     enable_thinking: bool | None = None,
     allow_special_text: bool = False,
+    chat_template: str | None = None,
 ) -> AsrPrompt:
     """Input ids, labels and the audio slot of one ASR example in `family`'s format (detected when None).
 
@@ -202,13 +203,15 @@ def build_asr_prompt(
     `task` and the generation prompt; its single audio item is expanded to `n_audio_frames` placeholder ids (one per
     adaptor frame). With `target`, the answer and the end-of-turn token are appended and supervised; everything
     before is IGNORE_INDEX. `enable_thinking=False` adds Qwen3's empty think block (the reference prompt has none).
+    `chat_template` renders with a given template instead (a processor's `chat_template`, which already holds its
+    speech markers); `markers` then only needs the placeholder.
     """
     if n_audio_frames < 1:
         raise ValueError(f"n_audio_frames must be >= 1, got {n_audio_frames}")
     fam = get_family(family) if family is not None else detect_family(tokenizer)
     placeholder = markers.placeholder if markers is not None else QWEN3_PLACEHOLDER
     placeholder_id = tokenizer.convert_tokens_to_ids(placeholder)
-    template = build_chat_template(fam, markers if markers is not None else placeholder)
+    template = chat_template or build_chat_template(fam, markers if markers is not None else placeholder)
     if not allow_special_text:
         check_user_text(tokenizer, template, "system prompt", [system])
         check_user_text(tokenizer, template, "context", task.context)

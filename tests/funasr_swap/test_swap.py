@@ -10,8 +10,8 @@ import torch
 from transformers import AutoModelForSpeechSeq2Seq
 
 from funasr_swap.base import tiny_base
-from funasr_swap.features import load_processor
 from funasr_swap.compat import restore_logit_softcapping
+from funasr_swap.features import load_processor
 from funasr_swap.swap import _target_llm, swap_llm
 from funasr_swap.transcribe import transcribe
 from tokenmap.prompt import AsrTask, build_asr_prompt

@@ -292,3 +292,13 @@ def test_bad_arguments():
         build_asr_prompt(tok, 0)
     with pytest.raises(KeyError, match="known"):
         build_asr_prompt(tok, 1, family="vicuna")
+
+
+def test_a_processors_template_with_boundaries_gives_the_same_ids():
+    tok = real_tokenizer("llama3")
+    markers = resolve_speech_markers(tok, "reuse", boundaries=True)
+    placeholder_only = type(markers)(markers.placeholder, markers.placeholder_id)
+    via_template = build_asr_prompt(
+        tok, 3, target="x", markers=placeholder_only, chat_template=build_chat_template("llama3", markers)
+    )
+    assert via_template == build_asr_prompt(tok, 3, target="x", markers=markers)
