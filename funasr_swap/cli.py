@@ -167,3 +167,48 @@ def swap(
         raise typer.Exit(1) from error
     typer.echo(result.report.to_markdown())
     typer.echo(f"saved to {output}")
+
+
+@app.command()
+def synth(
+    output: Path = typer.Option(..., "-o", "--output", help="corpus folder: clips/ and train/valid/test.jsonl"),
+    utterances: int = typer.Option(..., min=1, help="utterances in all, shared evenly between the languages"),
+    languages: str = typer.Option("en,zh", help="comma-separated: en, zh"),
+    seed: int = typer.Option(0, help="sentences, voices, speeds and pitches follow from it"),
+    valid_fraction: float = typer.Option(0.05, min=0.0, max=0.99, help="share of each language for valid"),
+    test_fraction: float = typer.Option(0.05, min=0.0, max=0.99, help="share of each language for test"),
+    workers: int | None = typer.Option(None, min=1, help="parallel espeak-ng processes (default: CPU count)"),
+) -> None:
+    """Speak a synthetic English/Mandarin ASR corpus with espeak-ng (16 kHz wav + JSONL manifests).
+
+    Valid and test sentences never occur in train. Clips in OUTPUT are reused: a rerun speaks only what is missing.
+
+    Speed: 10,000 utterances (8 hours of audio) take 1-2.5 minutes on 2 CPU cores.
+
+    Examples:
+
+        funasr-swap synth -o data/synth --utterances 10000
+
+        funasr-swap synth -o data/en --utterances 2000 --languages en --test-fraction 0.1
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from funasr_swap.synth import synthesize
+
+    try:
+        report = synthesize(
+            output, utterances, [language.strip() for language in languages.split(",") if language.strip()],
+            seed=seed, valid_fraction=valid_fraction, test_fraction=test_fraction, workers=workers,
+        )  # fmt: skip
+    except (OSError, ValueError, RuntimeError) as error:  # no espeak-ng, bad arguments: the message, no traceback
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from error
+    table = Table(title=f"{output}: {report.synthesized} clip(s) spoken, {report.reused} reused, "
+                  f"{report.seconds:.1f} s")  # fmt: skip
+    for column in ("split", "language", "utterances", "hours", "manifest"):
+        table.add_column(column, justify="right" if column in ("utterances", "hours") else "left")
+    for (split, language), count in report.counts.items():
+        table.add_row(split, language, str(count), f"{report.hours[split, language]:.2f}",
+                      str(report.manifests[split]))  # fmt: skip
+    Console().print(table)
