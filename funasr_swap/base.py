@@ -17,7 +17,7 @@ from transformers import (
     FunAsrNanoProcessor,
 )
 
-from funasr_swap.compat import mask_adaptor_padding
+from funasr_swap.compat import fill_gaps
 from funasr_swap.convert import ADAPTOR_LAYER_NORM_EPS, build_processor, generation_config
 from funasr_swap.llms import tiny_text_config
 from tokenmap.assets import resolve_tokenizer_path
@@ -77,5 +77,5 @@ def tiny_base(seed: int = 0, **sizes: int) -> tuple[FunAsrNanoForConditionalGene
         torch.manual_seed(seed)
         model = FunAsrNanoForConditionalGeneration(config)
     model.generation_config = generation_config(processor.tokenizer)
-    mask_adaptor_padding(model)
+    fill_gaps(model)
     return model.eval(), processor

@@ -212,3 +212,135 @@ def synth(
         table.add_row(split, language, str(count), f"{report.hours[split, language]:.2f}",
                       str(report.manifests[split]))  # fmt: skip
     Console().print(table)
+
+
+@app.command("train")
+def train_command(
+    model: Path = typer.Option(..., help="Fun-ASR-Nano folder to train: a swapped model or the base"),
+    train_manifest: Path = typer.Option(..., "--train", help="training manifest (JSONL: audio, text, language)"),
+    valid: Path | None = typer.Option(None, help="validation manifest; CER/WER and loss every --eval-every steps"),
+    output: Path = typer.Option(..., "-o", "--output", help="run folder: checkpoints, metrics.jsonl, final/"),
+    steps: int = typer.Option(1000, min=1, help="optimizer steps"),
+    batch_size: int = typer.Option(8, min=1, help="utterances per micro-batch (per process)"),
+    grad_accum: int = typer.Option(1, min=1, help="micro-batches per optimizer step"),
+    lr: float = typer.Option(1e-3, min=0.0, help="peak learning rate (AdamW)"),
+    warmup: int = typer.Option(100, min=0, help="linear warmup steps, then cosine decay to 0"),
+    weight_decay: float = typer.Option(0.01, min=0.0),
+    max_grad_norm: float = typer.Option(1.0, min=0.0, help="gradient clipping; 0: off"),
+    eval_every: int = typer.Option(200, min=0, help="steps between evaluations; 0: at the end only"),
+    save_every: int = typer.Option(200, min=0, help="steps between checkpoints; 0: at the end only"),
+    keep_last: int = typer.Option(2, min=1, help="checkpoints kept"),
+    seed: int = typer.Option(0),
+    unfreeze_encoder: bool = typer.Option(False, "--unfreeze-encoder", help="train the audio encoder too"),
+    train_llm: bool = typer.Option(False, "--train-llm", help="train the whole LLM too (joint training)"),
+    lora_r: int = typer.Option(0, min=0, help="LoRA rank on the LLM; 0: no LoRA"),
+    lora_alpha: int = typer.Option(16, min=1),
+    lora_dropout: float = typer.Option(0.0, min=0.0, max=1.0),
+    lora_targets: str = typer.Option("q_proj,k_proj,v_proj,o_proj", help="comma-separated LLM module names"),
+    train_token: list[int] | None = typer.Option(
+        None, "--train-token", help="token id whose embedding row trains; repeatable (default: the swap report's added rows)"
+    ),
+    log_samples: int = typer.Option(3, min=0, help="transcripts shown per evaluation"),
+    num_workers: int = typer.Option(0, min=0, help="DataLoader processes reading audio"),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="skip (and count) bad manifest lines"),
+    resume: bool = typer.Option(False, "--resume", help="continue from the latest checkpoint in OUTPUT"),
+) -> None:
+    """Retrain the adaptor of a Fun-ASR-Nano model (after a swap); optionally the encoder, the LLM or LoRA on it.
+
+    Writes OUTPUT/checkpoint-N/ (the last --keep-last), metrics.jsonl, training.png and OUTPUT/final/, a model
+    folder that `funasr-swap transcribe` and stock transformers load. On several GPUs (DDP):
+    `accelerate launch --multi_gpu $(which funasr-swap) train ...`.
+
+    Examples:
+
+        funasr-swap train --model ./nano-llama --train data/train.jsonl --valid data/valid.jsonl -o runs/llama
+
+        funasr-swap train --model ./nano-llama --train data/train.jsonl -o runs/llama --lora-r 16 --resume
+    """
+    import torch
+
+    from funasr_swap.convert import load_base
+    from funasr_swap.data import load_manifest
+    from funasr_swap.train import LoraSettings, TrainConfig, added_token_ids
+    from funasr_swap.train import train as run_training
+
+    try:
+        train_set = load_manifest(train_manifest, skip_bad=skip_bad)
+        valid_set = load_manifest(valid, skip_bad=skip_bad) if valid is not None else None
+        for manifest in (train_set, valid_set):
+            if manifest is not None and manifest.skipped:
+                typer.echo(f"{manifest.path}: skipped {len(manifest.skipped)} bad line(s)", err=True)
+        lora = None
+        if lora_r:
+            targets = tuple(t.strip() for t in lora_targets.split(",") if t.strip())
+            lora = LoraSettings(r=lora_r, alpha=lora_alpha, dropout=lora_dropout, target_modules=targets)
+        config = TrainConfig(
+            output_dir=output, max_steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
+            warmup_steps=warmup, weight_decay=weight_decay, max_grad_norm=max_grad_norm or None,
+            eval_every=eval_every, save_every=save_every, keep_last=keep_last, seed=seed,
+            unfreeze_encoder=unfreeze_encoder, train_llm=train_llm, lora=lora,
+            trainable_token_ids=tuple(train_token) if train_token else added_token_ids(model),
+            log_samples=log_samples, num_workers=num_workers,
+        )  # fmt: skip
+        # frozen weights in bf16 on a GPU (what trains is made fp32); all fp32 on CPU, which has no autocast
+        base, processor = load_base(model, dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+        result = run_training(
+            base, processor, train_set.utterances, valid_set.utterances if valid_set else None, config, resume=resume
+        )
+    except (OSError, KeyError, ValueError) as error:  # bad manifest, model folder or resume: its message
+        typer.echo(f"error: {error.args[0] if isinstance(error, KeyError) else error}", err=True)
+        raise typer.Exit(1) from error
+    typer.echo(f"trained {result.step} steps; model saved to {result.final_dir}")
+
+
+@app.command("eval")
+def eval_command(
+    model: Path = typer.Option(..., help="Fun-ASR-Nano model folder (Hugging Face or original format)"),
+    manifest: Path = typer.Option(..., help="manifest to score (JSONL: audio, text, language)"),
+    jsonl: Path | None = typer.Option(None, "--jsonl", help="write audio, language, ref, hyp per utterance here"),
+    batch_size: int = typer.Option(16, min=1, help="utterances per generate call"),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="skip (and count) bad manifest lines"),
+) -> None:
+    """Score a model on a manifest: CER and WER (overall and per language) and the loss, as a table.
+
+    Chinese WER counts characters; text is compared case-folded and without punctuation (funasr_swap.metrics).
+
+    Example: funasr-swap eval --model runs/llama/final --manifest data/test.jsonl --jsonl runs/llama/test.jsonl
+    """
+    import json
+
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from funasr_swap.convert import load_base
+    from funasr_swap.data import load_manifest
+    from funasr_swap.train import evaluate
+    from tokenmap.io import atomic_write_lines
+
+    try:
+        data = load_manifest(manifest, skip_bad=skip_bad)
+        base, processor = load_base(model, device="cuda" if torch.cuda.is_available() else None)
+        result = evaluate(base, processor, data.utterances, batch_size=batch_size)
+    except (OSError, KeyError, ValueError) as error:  # a wrong folder or manifest: its message, no traceback
+        typer.echo(f"error: {error.args[0] if isinstance(error, KeyError) else error}", err=True)
+        raise typer.Exit(1) from error
+    utterances, metrics = data.utterances, result.metrics
+    table = Table(title=f"{model} on {manifest}: loss {metrics['loss']:.4f}")
+    for column in ("language", "utterances", "CER", "WER"):
+        table.add_column(column, justify="left" if column == "language" else "right")
+    languages = sorted({u.language for u in utterances if u.language is not None})
+    for language in languages:
+        count = sum(u.language == language for u in utterances)
+        table.add_row(language, str(count), f"{metrics[f'cer/{language}']:.2%}", f"{metrics[f'wer/{language}']:.2%}")
+    table.add_row("all", str(len(utterances)), f"{metrics['cer']:.2%}", f"{metrics['wer']:.2%}")
+    Console().print(table)
+    if data.skipped:
+        typer.echo(f"skipped {len(data.skipped)} bad line(s)", err=True)
+    if jsonl is not None:
+        lines = [
+            json.dumps({"audio": str(u.audio), "language": u.language, "ref": u.text, "hyp": h}, ensure_ascii=False)
+            for u, h in zip(utterances, result.hypotheses)
+        ]
+        atomic_write_lines(jsonl, lines)
+        typer.echo(f"wrote {len(lines)} transcript(s) to {jsonl}")

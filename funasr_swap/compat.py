@@ -42,6 +42,13 @@ def restore_logit_softcapping(model: nn.Module) -> bool:
     return True
 
 
+def fill_gaps(model: FunAsrNanoForConditionalGeneration) -> None:
+    """Apply every fix of this module (idempotent): what each entry point that runs a model calls, so a model
+    loaded with stock transformers behaves as one loaded by funasr_swap."""
+    mask_adaptor_padding(model)
+    restore_logit_softcapping(model)
+
+
 def mask_adaptor_padding(model: FunAsrNanoForConditionalGeneration) -> None:
     """Make the adaptor's attention ignore padded audio frames, with the audio encoder's attention implementation.
 

@@ -32,7 +32,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from funasr_swap.compat import mask_adaptor_padding
+from funasr_swap.compat import fill_gaps
 from funasr_swap.features import load_feature_extractor, load_processor
 from tokenmap.families import ChatFamily, get_family
 from tokenmap.io import atomic_folder
@@ -332,7 +332,7 @@ def _load_original(
         None, config=config, state_dict=converted, dtype=dtype, device_map=device_map
     )
     model.generation_config = generation_config(processor.tokenizer)
-    mask_adaptor_padding(model)
+    fill_gaps(model)
     return model, processor
 
 
@@ -363,7 +363,7 @@ def load_base(
     if fmt == "original":
         return _load_original(path, dtype, placement)
     model = FunAsrNanoForConditionalGeneration.from_pretrained(path, dtype=dtype, device_map=placement)
-    mask_adaptor_padding(model)
+    fill_gaps(model)
     return model, load_processor(path)
 
 

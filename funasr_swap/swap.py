@@ -10,8 +10,9 @@ the adaptor (plus any added marker rows) is left trainable.
 from __future__ import annotations
 
 import copy
+import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -26,7 +27,7 @@ from transformers import (
 )
 
 from funasr_swap.adaptor import Strategy, fit_embedding_bridge, resize_adaptor
-from funasr_swap.compat import mask_adaptor_padding, restore_logit_softcapping
+from funasr_swap.compat import fill_gaps
 from funasr_swap.convert import generation_config
 from funasr_swap.llms import LLMSpec, get_llm, load_llm, match_llm, text_config, tiny_text_config
 from tokenmap.assets import load_tokenizer, tokenizer_fingerprint
@@ -36,6 +37,8 @@ from tokenmap.markers import SpeechMarkers, resolve_speech_markers
 from tokenmap.prompt import build_chat_template
 from tokenmap.vocab_map import VocabMap
 
+SWAP_REPORT_MD = "SWAP_REPORT.md"
+SWAP_REPORT_JSON = "swap_report.json"
 MarkerStrategy = Literal["reuse", "add"]  # tokenmap.markers.Strategy, named apart from the adaptor strategy
 
 
@@ -81,12 +84,24 @@ class SwappedModel:
     report: SwapReport
 
     def save(self, folder: str | os.PathLike) -> Path:
-        """Write a standard Hugging Face folder (model, processor, SWAP_REPORT.md) through a temporary sibling."""
+        """Write a standard Hugging Face folder (model, processor, the report as SWAP_REPORT.md for people and
+        swap_report.json for programs) through a temporary sibling."""
         with atomic_folder(folder) as tmp:
             self.model.save_pretrained(tmp)
             self.processor.save_pretrained(tmp)
-            (tmp / "SWAP_REPORT.md").write_text(self.report.to_markdown())
+            (tmp / SWAP_REPORT_MD).write_text(self.report.to_markdown())
+            (tmp / SWAP_REPORT_JSON).write_text(json.dumps(asdict(self.report), ensure_ascii=False, indent=2))
         return Path(folder)
+
+
+def read_swap_report(folder: str | os.PathLike) -> SwapReport | None:
+    """The report `SwappedModel.save` wrote into `folder`; None for a folder that is no swap (e.g. the base)."""
+    path = Path(folder) / SWAP_REPORT_JSON
+    if not path.is_file():
+        return None
+    fields = json.loads(path.read_text())
+    fields["markers"] = {role: tuple(pair) for role, pair in fields["markers"].items()}
+    return SwapReport(**fields)
 
 
 def _target_llm(
@@ -199,12 +214,12 @@ def swap_llm(
             swapped.get_submodule(module_name)._buffers[leaf] = buffer
     if config.tie_word_embeddings:
         swapped.tie_weights()
-    if restore_logit_softcapping(swapped):
+    fill_gaps(swapped)
+    if getattr(text_cfg, "final_logit_softcapping", None):
         warnings.append(
             "final logit soft-capping restored with a hook on lm_head; after loading with stock transformers call "
-            "funasr_swap.compat.restore_logit_softcapping(model)"
+            "funasr_swap.compat.fill_gaps(model)"
         )
-    mask_adaptor_padding(swapped)
     swapped.eval()
 
     # as the base's processor: batches pad on the left (generation), padding on by default (processor kwargs)

@@ -5,7 +5,7 @@ similar length (little padding), and each batch runs through the processor's cha
 model was trained with, `tokenmap.prompt`) and one `model.generate` call; the results go back to the input order.
 Prompts are padded on the left (the Qwen3 base's tokenizer pads left), so every row's new tokens start at the same
 column, and the attention masks make a batched row compute what it computes alone (once the adaptor masks padded
-audio frames too: `funasr_swap.compat.mask_adaptor_padding`).
+audio frames too: `funasr_swap.compat.fill_gaps`).
 
 Speed on a GPU (benchmarks/transcribe.py, H100, a random model of the real shapes, 256 clips of 2-15 s, 32 tokens
 each; benchmarks/results/transcribe_gpu.json): one clip at a time runs at 4.7x real time; batches of 256 at 640x.
@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from transformers import BatchFeature, FunAsrNanoForConditionalGeneration, FunAsrNanoProcessor
 
 from funasr_swap.audio import load_audio
-from funasr_swap.compat import mask_adaptor_padding
+from funasr_swap.compat import fill_gaps
 from tokenmap.prompt import AsrTask, check_user_text
 
 __all__ = [
@@ -192,7 +192,7 @@ def transcribe(
             )
         waveforms.append(waveform)
 
-    mask_adaptor_padding(model)  # a model loaded with stock transformers needs it too
+    fill_gaps(model)  # a model loaded with stock transformers needs it too
     stop_ids = _stop_ids(model, processor)
     order = sorted(range(len(waveforms)), key=lambda i: -len(waveforms[i]))  # longest first: memory errors come early
     results: list[Transcript | None] = [None] * len(waveforms)

@@ -12,7 +12,7 @@ from transformers import AutoModelForSpeechSeq2Seq
 from funasr_swap.base import tiny_base
 from funasr_swap.compat import restore_logit_softcapping
 from funasr_swap.features import load_processor
-from funasr_swap.swap import _target_llm, swap_llm
+from funasr_swap.swap import _target_llm, read_swap_report, swap_llm
 from funasr_swap.transcribe import transcribe
 from tokenmap.prompt import AsrTask, build_asr_prompt
 
@@ -131,6 +131,7 @@ def test_save_reload_train_and_transcribe(target: str, tmp_path):
     result = swapped(target, "bridge" if target in ("Qwen3-1.7B", "Llama-3.2-1B") else "fresh")
     folder = result.save(tmp_path / "swapped")
     assert (folder / "SWAP_REPORT.md").is_file()
+    assert read_swap_report(folder) == result.report
     model = AutoModelForSpeechSeq2Seq.from_pretrained(folder)
     processor = load_processor(folder)  # stock AutoProcessor needs torchaudio, which this machine lacks
     restore_logit_softcapping(model)

@@ -1,0 +1,648 @@
+"""Retrain a Fun-ASR-Nano after a swap: one recipe, read top to bottom (torchtune's full_finetune recipe shape).
+
+    setup_trainable -> (resume: load_checkpoint) -> train loop -> evaluate every `eval_every` steps
+                    -> save_checkpoint every `save_every` steps -> final `save_pretrained` folder
+
+What trains (`setup_trainable`): the adaptor, plus the input-embedding rows of added speech markers
+(`trainable_token_ids`, gradient-masked by `funasr_swap.swap.set_trainable`); optionally the encoder
+(`unfreeze_encoder`), the whole LLM (`train_llm`, for the miniature base's joint training) or LoRA adapters on the
+LLM (`lora`, peft). Frozen parameters have `requires_grad=False` (no weight gradients, no optimizer state) and the
+parts with nothing to train run in eval mode, as funasr runs its frozen encoder and LLM (no dropout noise there).
+
+The loss is the model's own next-token cross-entropy, but the LM head runs only at the supervised positions
+(`supervised_loss`): with a 150k-256k vocabulary, logits of the prompt and the audio frames are most of the step.
+
+Precision: bf16 autocast on CUDA, fp32 on CPU. Trainable parameters are fp32 (master weights); frozen ones keep the
+dtype they were loaded in, so on a GPU the frozen LLM can stay in bf16 (the CLI loads it so: Qwen3-8B then takes
+16 GB, not 32). On CPU, where there is no autocast, load the model in fp32.
+
+Multi-GPU goes through Accelerate (`accelerate launch $(which funasr-swap) train ...`, or `torchrun`): the loss
+module is wrapped in DDP. Each optimizer step consumes `grad_accum * num_processes` micro-batches of `batch_size`
+utterances from one seeded stream of length-bucketed batches, rank r taking every num_processes-th one, so N
+processes with `grad_accum=g` compute the step of one process with `grad_accum=N*g` (each micro-batch's loss is its
+mean over supervised tokens; the step averages the micro-batches). DDP keeps the whole model on every GPU: with the
+frozen LLM in bf16 that holds adaptor or LoRA training up to Qwen3-14B (28 GB) comfortably on 80 GB cards and
+Qwen3-32B (65 GB) tightly. Beyond that, and for `train_llm` on 8B+, the weights must be sharded:
+`configs/accelerate_fsdp.yaml` holds the FSDP settings, but this recipe evaluates and checkpoints on the main process
+with whole parameters, which FSDP's sharded ones are not; FSDP runs are not supported yet (see the file).
+
+A checkpoint (`checkpoint-{step}/`, written atomically, the last `keep_last` kept) holds the trainable weights
+(safetensors), the optimizer and scheduler states, every process's RNG states (python, numpy, torch) and the data
+position (epoch, batch index); `train(..., resume=True)` continues from the latest one exactly: the losses after a
+kill equal those of an uninterrupted run. Frozen weights come from the model passed in, so resume with the same
+starting model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import gather_object, set_seed
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import FunAsrNanoForConditionalGeneration, FunAsrNanoProcessor, get_cosine_schedule_with_warmup
+
+from funasr_swap.compat import fill_gaps
+from funasr_swap.data import AsrCollator, Utterance, bucket_batches
+from funasr_swap.metrics import cer, wer
+from funasr_swap.swap import read_swap_report, set_trainable
+from funasr_swap.transcribe import transcribe
+from tokenmap.io import atomic_folder, atomic_write_bytes, atomic_write_lines
+from tokenmap.prompt import IGNORE_INDEX
+
+__all__ = [
+    "BatchPlan",
+    "Evaluation",
+    "LoraSettings",
+    "TrainConfig",
+    "TrainResult",
+    "added_token_ids",
+    "evaluate",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "plot_history",
+    "save_checkpoint",
+    "setup_trainable",
+    "supervised_loss",
+    "train",
+]
+
+CHECKPOINT_PREFIX = "checkpoint-"
+FINAL_DIR = "final"
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "training.png"
+WEIGHTS_FILE = "model.safetensors"  # the trainable parameters only
+OPTIMIZER_FILE = "optimizer.pt"  # optimizer and scheduler states
+RNG_FILE = "rng.pt"  # one RNG state per process
+STATE_FILE = "trainer_state.json"  # step, data position, world size, config
+# Config fields a resumed run may change; any other change would not continue the same run.
+RESUMABLE_CHANGES = frozenset(
+    "output_dir max_steps eval_every save_every keep_last log_samples num_workers eval_batch_size".split()
+)
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA adapters on the LLM's linear layers (peft); merged into the weights before the final save."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    # The attention projections that Qwen3, Llama, Gemma-2 and DeepSeek share (DeepSeek-V2 has q_proj and o_proj).
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; saved in each checkpoint and checked on resume."""
+
+    output_dir: Path
+    max_steps: int = 1000  # optimizer steps
+    batch_size: int = 8  # utterances per micro-batch per process
+    grad_accum: int = 1  # micro-batches per optimizer step per process
+    lr: float = 1e-3
+    warmup_steps: int = 100  # linear warmup from 0 (the first step's rate), then cosine decay to 0 at max_steps
+    weight_decay: float = 0.01  # AdamW; never on embeddings (it would shrink frozen rows) or 1-d parameters
+    max_grad_norm: float | None = 1.0  # None: no clipping (the norm is still logged)
+    eval_every: int = 200  # 0: only at the end
+    save_every: int = 200  # 0: only at the end
+    keep_last: int = 2  # checkpoints kept
+    seed: int = 0
+    unfreeze_encoder: bool = False
+    train_llm: bool = False  # the whole LLM (embeddings and lm_head included)
+    lora: LoraSettings | None = None
+    trainable_token_ids: tuple[int, ...] = ()  # added speech-marker rows (SwapReport.added_token_ids)
+    log_samples: int = 3  # reference/hypothesis pairs printed and logged per evaluation
+    num_workers: int = 0  # DataLoader processes collating batches (audio reading, fbank); 0: in the main process
+    eval_batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        self.output_dir = Path(self.output_dir)
+        self.trainable_token_ids = tuple(self.trainable_token_ids)
+        for name in ("max_steps", "batch_size", "grad_accum", "keep_last", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lora is not None and self.train_llm:
+            raise ValueError("TrainConfig: lora and train_llm both train the LLM; choose one")
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self), default=str))
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Metrics of one evaluation (`loss`, `cer`, `wer`, and `cer/<language>`, `wer/<language>` per language) and
+    the hypotheses, in the order of the utterances."""
+
+    metrics: dict[str, float]
+    hypotheses: list[str]
+
+
+@dataclass
+class TrainResult:
+    final_dir: Path  # save_pretrained folder (model + processor), loadable by load_base
+    step: int
+    history: list[dict] = field(default_factory=list)  # the metrics.jsonl records of the whole run
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# What trains, and the loss
+
+
+def setup_trainable(model: FunAsrNanoForConditionalGeneration, config: TrainConfig) -> nn.Module | None:
+    """Set `requires_grad` from `config` (module docstring); returns peft's LoRA model when `config.lora` is set
+    (its `merge_and_unload()` folds the adapters into the LLM in place)."""
+    lora_model = None
+    if config.lora is not None:
+        from peft import LoraConfig, LoraModel
+
+        lora = config.lora
+        peft_config = LoraConfig(
+            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules)
+        )
+        # injects the adapters into the LLM's modules in place; FunAsrNano keeps the same language_model object
+        lora_model = LoraModel(model.model.language_model, peft_config, "default")
+    # peft only set flags inside the LLM; these set them for the whole model, the adapters last
+    set_trainable(model, [] if config.train_llm else list(config.trainable_token_ids))
+    if config.unfreeze_encoder:
+        model.model.audio_tower.requires_grad_(True)
+    if config.train_llm:
+        model.model.language_model.requires_grad_(True)
+        model.lm_head.requires_grad_(True)
+    for name, parameter in model.named_parameters():
+        if "lora_" in name:
+            parameter.requires_grad_(True)
+    return lora_model
+
+
+def added_token_ids(model_dir: str | Path) -> tuple[int, ...]:
+    """The token ids whose embedding rows a swap added (speech markers with `markers="add"`), from the folder's
+    swap report; () for a folder without a report or without added rows."""
+    report = read_swap_report(model_dir)
+    return tuple(report.added_token_ids) if report else ()
+
+
+def _train_mode(model: FunAsrNanoForConditionalGeneration) -> None:
+    """Train mode for the parts that train, eval mode (no dropout) for the frozen ones."""
+    model.train()
+    for part in (model.model.audio_tower, model.model.multi_modal_projector, model.model.language_model, model.lm_head):
+        part.train(any(p.requires_grad for p in part.parameters()))
+
+
+def supervised_loss(model: FunAsrNanoForConditionalGeneration, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy over the supervised tokens (labels != -100), as `model(**batch).loss`, with the
+    LM head applied only at the positions whose next token is supervised."""
+    hidden = model.model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        input_features=batch["input_features"],
+        input_features_mask=batch["input_features_mask"],
+        use_cache=False,
+    ).last_hidden_state  # (B, T, H)
+    targets = batch["labels"][:, 1:]  # (B, T-1): position t predicts token t+1
+    supervised = targets != IGNORE_INDEX
+    logits = model.lm_head(hidden[:, :-1][supervised])  # (N, V), N supervised tokens; lm_head hooks (soft-capping) run
+    return F.cross_entropy(logits.float(), targets[supervised])
+
+
+class _LossModule(nn.Module):
+    """`supervised_loss` as a module's forward: what DDP wraps (it syncs gradients of what its forward ran)."""
+
+    def __init__(self, model: FunAsrNanoForConditionalGeneration):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return supervised_loss(self.model, batch)
+
+
+def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    embedding = model.get_input_embeddings().weight
+    decay, no_decay = [], []
+    for parameter in model.parameters():  # each shared (tied) parameter once
+        if parameter.requires_grad:
+            (no_decay if parameter.ndim < 2 or parameter is embedding else decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr)
+
+
+def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data order
+
+
+def _duration(utterance: Utterance) -> float:
+    return utterance.duration if utterance.duration is not None else sf.info(str(utterance.audio)).duration
+
+
+class BatchPlan:
+    """The order training batches come in: epoch after epoch of length-bucketed batches (`bucket_batches`, seeded
+    with `seed + epoch`). A position `(epoch, index)` names the next batch; it is all a checkpoint needs."""
+
+    def __init__(self, durations: Sequence[float], batch_size: int, seed: int):
+        self.durations = list(durations)
+        self.batch_size = batch_size
+        self.seed = seed
+        self._epochs: dict[int, list[list[int]]] = {}
+
+    def epoch(self, epoch: int) -> list[list[int]]:
+        if epoch not in self._epochs:
+            self._epochs[epoch] = bucket_batches(self.durations, self.batch_size, seed=self.seed + epoch)
+        return self._epochs[epoch]
+
+    def advance(self, position: tuple[int, int], batches: int) -> tuple[int, int]:
+        """The position `batches` batches after `position`."""
+        epoch, index = position[0], position[1] + batches
+        while index >= len(self.epoch(epoch)):
+            index -= len(self.epoch(epoch))
+            epoch += 1
+        return epoch, index
+
+    def stream(self, position: tuple[int, int], rank: int = 0, world: int = 1) -> Iterator[list[int]]:
+        """The batches from `position` on, forever; of every `world` consecutive ones, the `rank`-th."""
+        epoch, index = position
+        count = 0
+        while True:
+            for batch in self.epoch(epoch)[index:]:
+                if count % world == rank:
+                    yield batch
+                count += 1
+            epoch, index = epoch + 1, 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def _scores(refs: list[str], hyps: list[str], languages: list[str | None]) -> dict[str, float]:
+    metrics = {"cer": cer(refs, hyps), "wer": wer(refs, hyps, languages)}
+    for language in sorted({lang for lang in languages if lang is not None}):
+        pick = [i for i, lang in enumerate(languages) if lang == language]
+        metrics[f"cer/{language}"] = cer([refs[i] for i in pick], [hyps[i] for i in pick])
+        metrics[f"wer/{language}"] = wer([refs[i] for i in pick], [hyps[i] for i in pick], language)
+    return metrics
+
+
+@torch.no_grad()
+def evaluate(
+    model: FunAsrNanoForConditionalGeneration,
+    processor: FunAsrNanoProcessor,
+    utterances: Sequence[Utterance],
+    *,
+    batch_size: int = 16,
+) -> Evaluation:
+    """CER and WER of greedy batched transcription (`funasr_swap.metrics`), and the loss over the supervised tokens;
+    leaves the model in eval mode.
+
+    Each utterance is transcribed with the prompt it trains with (`Utterance.asr_task`: plain, or naming the
+    language), so the loss and the error rates measure the same task.
+
+    Answers are cut at twice the longest reference in tokens plus 8: an untrained model that never says its stop
+    token then costs a little more than a correct one, not `transcribe`'s 512 tokens per utterance.
+    """
+    if not utterances:
+        raise ValueError("evaluate: no utterances")
+    fill_gaps(model)
+    model.eval()
+    refs = [u.text for u in utterances]
+    collate = AsrCollator(processor)
+    total, count = 0.0, 0
+    for start in range(0, len(utterances), batch_size):
+        batch = {k: v.to(model.device) for k, v in collate(utterances[start : start + batch_size]).items()}
+        n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        total += supervised_loss(model, batch).item() * n
+        count += n
+    metrics = {"loss": total / count}  # mean over the set's supervised tokens
+
+    max_new_tokens = 2 * max(len(ids) for ids in processor.tokenizer(refs)["input_ids"]) + 8
+    hyps = [""] * len(utterances)
+    # the prompt each utterance was trained with: plain, or naming its language (Utterance.asr_task)
+    for language in sorted({u.asr_task.language for u in utterances}, key=str):
+        pick = [i for i, u in enumerate(utterances) if u.asr_task.language == language]
+        transcripts = transcribe(
+            model, processor, [utterances[i].audio for i in pick], language=language, batch_size=batch_size,
+            max_new_tokens=max_new_tokens, progress=False,
+        )  # fmt: skip
+        for i, transcript in zip(pick, transcripts):
+            hyps[i] = transcript.text
+    metrics |= _scores(refs, hyps, [u.language for u in utterances])
+    return Evaluation(metrics, hyps)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def _checkpoints(output_dir: Path) -> list[Path]:
+    """The complete checkpoints in `output_dir`, by step."""
+    steps = {}
+    for folder in output_dir.glob(f"{CHECKPOINT_PREFIX}*"):
+        suffix = folder.name[len(CHECKPOINT_PREFIX) :]
+        if suffix.isdigit() and (folder / STATE_FILE).is_file():
+            steps[int(suffix)] = folder
+    return [steps[step] for step in sorted(steps)]
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The complete checkpoint with the highest step in `output_dir`, or None."""
+    folders = _checkpoints(Path(output_dir))
+    return folders[-1] if folders else None
+
+
+def _rng_state() -> dict:
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(key.astype(np.int64)), pos, has_gauss, gauss),  # loadable weights_only
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    kind, key, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, key.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    folder: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    rng_states: list[dict],
+    state: dict,
+) -> None:
+    """Write one checkpoint folder atomically (a killed save leaves no partial `checkpoint-*`)."""
+    with atomic_folder(folder) as tmp:
+        save_file(_trainable_state(model), tmp / WEIGHTS_FILE)
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / OPTIMIZER_FILE)
+        torch.save(rng_states, tmp / RNG_FILE)
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+
+
+def load_checkpoint(
+    folder: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    config: TrainConfig,
+    rank: int,
+    world: int,
+) -> dict:
+    """Restore what `save_checkpoint` wrote into a freshly set-up run; returns the trainer state (step, position)."""
+    state = json.loads((folder / STATE_FILE).read_text())
+    saved, now = state["config"], config.to_dict()
+    changed = sorted(k for k in saved.keys() | now.keys() if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
+    if changed:
+        diff = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
+        raise ValueError(f"{folder}: cannot resume with a different {diff}; use another output_dir to start over")
+    if state["world_size"] != world:
+        raise ValueError(f"{folder}: saved by {state['world_size']} process(es), resumed with {world}")
+    weights = load_file(folder / WEIGHTS_FILE)
+    trainable = dict(model.named_parameters())
+    expected = {name for name, p in trainable.items() if p.requires_grad}
+    if set(weights) != expected:
+        raise ValueError(
+            f"{folder / WEIGHTS_FILE}: trainable parameters differ from this run's; missing "
+            f"{sorted(expected - set(weights))[:5]}, unexpected {sorted(set(weights) - expected)[:5]}"
+        )
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            trainable[name].copy_(tensor)
+    states = torch.load(folder / OPTIMIZER_FILE, weights_only=True)
+    optimizer.load_state_dict(states["optimizer"])
+    scheduler.load_state_dict(states["scheduler"])
+    _set_rng_state(torch.load(folder / RNG_FILE, weights_only=True)[rank])
+    return state
+
+
+def _keep_last(output_dir: Path, keep: int) -> None:
+    for folder in _checkpoints(output_dir)[:-keep]:
+        shutil.rmtree(folder)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Logs
+
+
+def _read_log(path: Path, up_to_step: int | None = None) -> list[dict]:
+    """The records of metrics.jsonl (a line cut by a kill is dropped), optionally only those up to a step."""
+    records = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if up_to_step is None or record["step"] <= up_to_step:
+                records.append(record)
+    return records
+
+
+def plot_history(records: Sequence[dict], path: Path) -> None:
+    """Training and validation loss, and validation CER, against the step (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: render to a file
+    import matplotlib.pyplot as plt
+
+    train = [r for r in records if "loss" in r]
+    valid = [r for r in records if "valid/loss" in r or "valid/cer" in r]
+    fig, (ax_loss, ax_cer) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train", alpha=0.6)
+    if any("valid/loss" in r for r in valid):
+        points = [r for r in valid if "valid/loss" in r]
+        ax_loss.plot([r["step"] for r in points], [r["valid/loss"] for r in points], "o-", label="valid")
+    ax_loss.set(xlabel="step", ylabel="loss", title="loss")
+    ax_loss.legend()
+    points = [r for r in valid if "valid/cer" in r]
+    ax_cer.plot([r["step"] for r in points], [r["valid/cer"] for r in points], "o-")
+    ax_cer.set(xlabel="step", ylabel="CER", title="validation CER")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The recipe
+
+
+def train(
+    model: FunAsrNanoForConditionalGeneration,
+    processor: FunAsrNanoProcessor,
+    train_data: Sequence[Utterance],
+    valid_data: Sequence[Utterance] | None,
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Train `model` in place on `train_data`; evaluate on `valid_data` (None: no evaluation); write checkpoints,
+    `metrics.jsonl`, `training.png` and the final folder (model + processor) under `config.output_dir`.
+
+    `resume=True` continues from the latest checkpoint in `config.output_dir` (a fresh start when there is none).
+    `on_step(step, loss)` runs after each optimizer step's logging and checkpointing, on every process. The global
+    RNGs are seeded from `config.seed` (and restored on resume), as any training script does.
+    """
+    if not train_data:
+        raise ValueError("train: no training utterances")
+    on_cuda = torch.cuda.is_available()
+    # cpu=True without CUDA: processes started by torchrun then form a gloo group instead of running alone
+    accelerator = Accelerator(mixed_precision="bf16" if on_cuda else "no", cpu=not on_cuda)
+    main = accelerator.is_main_process
+    out = config.output_dir
+    log_path = out / METRICS_FILE
+    set_seed(config.seed)
+
+    # setup: what trains, the DDP-wrapped loss, optimizer and schedule, the data order
+    fill_gaps(model)  # a model loaded with stock transformers needs them (idempotent)
+    lora_model = setup_trainable(model, config)
+    for parameter in model.parameters():  # fp32 master weights for what trains; frozen weights keep their dtype
+        if parameter.requires_grad and parameter.dtype != torch.float32:
+            parameter.data = parameter.data.float()
+    loss_module = accelerator.prepare(_LossModule(model))  # device placement, DDP, autocast
+    optimizer = _optimizer(model, config)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
+    plan = BatchPlan([_duration(u) for u in train_data], config.batch_size, config.seed)
+    micro_batches = config.grad_accum * accelerator.num_processes  # per optimizer step, all processes together
+    step, position = 0, (0, 0)
+
+    checkpoint = latest_checkpoint(out)
+    if checkpoint is not None and not resume:
+        raise FileExistsError(
+            f"{out} holds {checkpoint.name}: resume it (resume=True, CLI --resume), or use another output_dir"
+        )
+    if checkpoint is not None:
+        state = load_checkpoint(
+            checkpoint, model, optimizer, scheduler, config, accelerator.process_index, accelerator.num_processes
+        )
+        step, position = state["step"], (state["epoch"], state["batch_index"])
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob(f".{CHECKPOINT_PREFIX}*"):  # temporary folders of saves a kill interrupted
+            shutil.rmtree(stale)
+        # records after the checkpoint come again; without a checkpoint the run starts over
+        atomic_write_lines(log_path, [json.dumps(r) for r in _read_log(log_path, up_to_step=step)])
+    accelerator.wait_for_everyone()
+
+    loader = DataLoader(
+        train_data,
+        batch_sampler=plan.stream(position, accelerator.process_index, accelerator.num_processes),
+        collate_fn=AsrCollator(processor),
+        num_workers=config.num_workers,
+        generator=torch.Generator().manual_seed(config.seed),  # its iterator draws a seed: not from the global RNG
+    )
+    batches = iter(loader)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    _train_mode(model)
+
+    def log(record: dict) -> None:
+        if main:
+            with log_path.open("a") as handle:
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def run_evaluation() -> None:
+        if main and valid_data:
+            with accelerator.autocast():
+                evaluation = evaluate(model, processor, valid_data, batch_size=config.eval_batch_size)
+            samples = [
+                {"ref": u.text, "hyp": h} for u, h in zip(valid_data, evaluation.hypotheses[: config.log_samples])
+            ]
+            for sample in samples:
+                tqdm.write(f"  ref: {sample['ref']}\n  hyp: {sample['hyp']}")
+            metrics = {f"valid/{k}": v for k, v in evaluation.metrics.items()}
+            tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            log({"step": step, **metrics, "samples": samples})
+            _train_mode(model)
+        accelerator.wait_for_everyone()
+
+    bar = tqdm(total=config.max_steps, initial=step, disable=not main, unit="step")
+    while step < config.max_steps:
+        began = time.perf_counter()
+        losses = []
+        for micro in range(config.grad_accum):
+            batch = {k: v.to(accelerator.device) for k, v in next(batches).items()}
+            # gradients are all-reduced once per step: on the last micro-batch
+            sync = micro == config.grad_accum - 1
+            with contextlib.nullcontext() if sync else accelerator.no_sync(loss_module):
+                loss = loss_module(batch)
+                accelerator.backward(loss / config.grad_accum)
+            losses.append(loss.detach())
+        grad_norm = accelerator.clip_grad_norm_(trainable, config.max_grad_norm or math.inf)
+        lr = scheduler.get_last_lr()[0]  # the rate of this step
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        position = plan.advance(position, micro_batches)
+
+        loss_value = accelerator.reduce(torch.stack(losses).mean(), "mean").item()
+        record = {
+            "step": step,
+            "loss": loss_value,
+            "lr": lr,
+            "grad_norm": float(grad_norm),
+            "seconds": time.perf_counter() - began,
+        }
+        log(record)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.4f}")
+        last = step == config.max_steps
+        if (config.eval_every and step % config.eval_every == 0) or last:
+            run_evaluation()
+        if (config.save_every and step % config.save_every == 0) or last:
+            rng_states = gather_object([_rng_state()])  # every process's, in rank order
+            if main:
+                state = {
+                    "step": step,
+                    "epoch": position[0],
+                    "batch_index": position[1],
+                    "world_size": accelerator.num_processes,
+                    "config": config.to_dict(),
+                }
+                save_checkpoint(out / f"{CHECKPOINT_PREFIX}{step}", model, optimizer, scheduler, rng_states, state)
+                _keep_last(out, config.keep_last)
+            accelerator.wait_for_everyone()
+        if on_step is not None:
+            on_step(step, loss_value)
+    bar.close()
+
+    # the final model: LoRA merged, so the folder is a stock FunAsrNano one
+    model.eval()
+    if lora_model is not None:
+        lora_model.merge_and_unload()
+    final = out / FINAL_DIR
+    history = _read_log(log_path) if main else []
+    if main:
+        with atomic_folder(final) as tmp:
+            model.save_pretrained(tmp)
+            processor.save_pretrained(tmp)
+        plot_history(history, out / PLOT_FILE)
+    accelerator.wait_for_everyone()
+    return TrainResult(final, step, history)

@@ -1,0 +1,50 @@
+"""One training run of the tiny base, for test_train.py's runs in other processes: a SIGKILL mid-run then a resume,
+and two DDP processes (gloo on CPU) against one. The model is `tiny_base(seed=0)` every time, so runs compare.
+
+    python tests/funasr_swap/ddp_worker.py --train T.jsonl --out DIR --steps 6 --save-every 2 --kill-after 3
+    torchrun --nproc_per_node 2 tests/funasr_swap/ddp_worker.py --train T.jsonl --out DIR --steps 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+from pathlib import Path
+
+from funasr_swap.base import tiny_base
+from funasr_swap.data import load_manifest
+from funasr_swap.train import TrainConfig, TrainResult, train
+
+
+def run(argv: list[str] | None = None) -> TrainResult:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--train", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--steps", type=int, required=True)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--grad-accum", type=int, default=1)
+    parser.add_argument("--save-every", type=int, default=0)
+    parser.add_argument("--unfreeze-encoder", action="store_true")  # its dropout makes the RNG state matter
+    parser.add_argument("--kill-after", type=int, default=0, help="SIGKILL this process after this step")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--num-workers", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    model, processor = tiny_base(seed=0)
+    config = TrainConfig(
+        output_dir=args.out, max_steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=3e-3,
+        warmup_steps=1, eval_every=0, save_every=args.save_every, keep_last=10,
+        unfreeze_encoder=args.unfreeze_encoder, num_workers=args.num_workers,
+    )  # fmt: skip
+
+    def kill(step: int, loss: float) -> None:
+        if step == args.kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no flush: as a crash or an OOM kill
+
+    utterances = load_manifest(args.train).utterances
+    return train(model, processor, utterances, None, config, resume=args.resume, on_step=kill)
+
+
+if __name__ == "__main__":
+    run()

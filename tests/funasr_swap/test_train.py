@@ -1,0 +1,451 @@
+"""The trainer on the tiny base: the supervised-position loss, what trains, a short run's outputs, exact resume after
+SIGKILL, DDP with 2 processes against 1, LoRA merge, and the train/eval commands."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from funasr_swap.base import tiny_base
+from funasr_swap.cli import app
+from funasr_swap.convert import load_base
+from funasr_swap.data import AsrCollator, Utterance, load_manifest
+from funasr_swap.swap import swap_llm
+from funasr_swap.train import (
+    BatchPlan,
+    LoraSettings,
+    TrainConfig,
+    added_token_ids,
+    evaluate,
+    latest_checkpoint,
+    setup_trainable,
+    supervised_loss,
+    train,
+)
+from tests.funasr_swap.ddp_worker import run as run_worker
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+WORDS = ["one", "two", "three", "four", "five", "six"]
+RATE = 16000
+
+
+def _tones(words: list[str]) -> np.ndarray:
+    """0.3 s of a word-specific tone per word: audio the adaptor can learn to read."""
+    freqs = np.repeat([200.0 + 100 * WORDS.index(w) for w in words], int(0.3 * RATE))
+    t = np.arange(len(freqs)) / RATE
+    return (0.3 * np.sin(2 * np.pi * freqs * t)).astype(np.float32)
+
+
+def _write_corpus(folder: Path, name: str, n: int, seed: int) -> Path:
+    """`n` utterances of 1-3 words as wav files and a JSONL manifest (no durations: the loader reads them)."""
+    rng = np.random.default_rng(seed)
+    lines = []
+    for i in range(n):
+        words = [WORDS[j] for j in rng.integers(0, len(WORDS), size=int(rng.integers(1, 4)))]
+        path = folder / f"{name}-{i}.wav"
+        sf.write(path, _tones(words), RATE)
+        lines.append(json.dumps({"audio": path.name, "text": " ".join(words), "language": "en"}))
+    manifest = folder / f"{name}.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("corpus")
+    return {"train": _write_corpus(folder, "train", 8, seed=0), "valid": _write_corpus(folder, "valid", 3, seed=1)}
+
+
+@pytest.fixture(scope="module")
+def utterances(corpus) -> dict[str, list[Utterance]]:
+    return {split: load_manifest(path).utterances for split, path in corpus.items()}
+
+
+def _batch(processor, utterances: list[Utterance]) -> dict[str, torch.Tensor]:
+    return AsrCollator(processor)(utterances)
+
+
+def _log(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def _train_losses(folder: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in _log(folder) if "loss" in r}
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The loss
+
+
+def test_supervised_loss_equals_the_models_own_loss(utterances):
+    model, processor = tiny_base()
+    batch = _batch(processor, utterances["train"][:4])
+    assert (batch["labels"] != -100).sum() < batch["labels"].numel() / 2  # most positions are prompt and audio
+    with torch.no_grad():
+        expected = model(**batch).loss
+        assert supervised_loss(model, batch).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_supervised_loss_keeps_gemma2_soft_capping(utterances):
+    base, base_processor = tiny_base()
+    swapped = swap_llm(base, base_processor, "Gemma-2-2B", markers="reuse")
+    model, processor = swapped.model, swapped.processor
+    with torch.no_grad():
+        model.lm_head.weight.mul_(200.0)  # logits far beyond the cap (30), so soft-capping changes the loss
+    batch = _batch(processor, utterances["train"][:2])
+    with torch.no_grad():
+        expected = model(**batch).loss.item()
+        loss = supervised_loss(model, batch).item()
+        hidden = model.model(**{k: v for k, v in batch.items() if k != "labels"}).last_hidden_state
+        logits = torch.nn.functional.linear(hidden[:, :-1], model.lm_head.weight)  # lm_head without its hook
+        uncapped = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["labels"][:, 1:].flatten()).item()
+    assert loss == pytest.approx(expected, rel=1e-5)
+    assert abs(loss - uncapped) > 1.0
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# What trains
+
+
+def _trainable_names(model) -> set[str]:
+    return {name for name, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize(
+    ("options", "parts"),
+    [
+        ({}, {"model.multi_modal_projector"}),
+        ({"unfreeze_encoder": True}, {"model.multi_modal_projector", "model.audio_tower"}),
+        ({"train_llm": True}, {"model.multi_modal_projector", "model.language_model"}),  # lm_head is tied to it
+    ],
+)
+def test_setup_trainable_freezes_everything_else(tmp_path, options, parts):
+    model, _ = tiny_base()
+    setup_trainable(model, TrainConfig(output_dir=tmp_path, **options))
+    trainable = _trainable_names(model)
+    assert {p for p in parts if any(n.startswith(p + ".") for n in trainable)} == parts
+    assert all(any(n.startswith(p + ".") for p in parts) for n in trainable)
+
+
+def test_lora_trains_only_adapters_and_adaptor(tmp_path):
+    model, _ = tiny_base()
+    setup_trainable(
+        model, TrainConfig(output_dir=tmp_path, lora=LoraSettings(r=4, target_modules=("q_proj", "v_proj")))
+    )
+    trainable = _trainable_names(model)
+    lora = {n for n in trainable if "lora_" in n}
+    assert lora and all(".q_proj." in n or ".v_proj." in n for n in lora)
+    assert trainable - lora == {n for n in trainable if n.startswith("model.multi_modal_projector.")}
+
+
+def test_lora_and_train_llm_exclude_each_other(tmp_path):
+    with pytest.raises(ValueError, match="lora and train_llm"):
+        TrainConfig(output_dir=tmp_path, lora=LoraSettings(), train_llm=True)
+
+
+def test_marker_rows_train_and_other_rows_stay(tmp_path, utterances):
+    model, processor = tiny_base()
+    marker = processor.tokenizer.convert_tokens_to_ids("<|im_start|>")  # a prompt token: its row gets gradients
+    before = model.get_input_embeddings().weight.detach().clone()
+    encoder = {k: v.clone() for k, v in model.model.audio_tower.state_dict().items()}
+    config = TrainConfig(
+        output_dir=tmp_path, max_steps=2, batch_size=4, lr=1e-2, warmup_steps=0, weight_decay=0.1, eval_every=0,
+        save_every=0, trainable_token_ids=(marker,),
+    )  # fmt: skip
+    unmeasured = [dataclasses.replace(u, duration=None) for u in utterances["train"]]  # read from the files
+    train(model, processor, unmeasured, None, config)
+    after = model.get_input_embeddings().weight.detach()
+    changed = (after != before).any(dim=1).nonzero().flatten().tolist()
+    assert changed == [marker]  # weight decay did not shrink the frozen rows either
+    assert all(torch.equal(v, model.model.audio_tower.state_dict()[k]) for k, v in encoder.items())
+    # the checkpoint holds the embedding (for its marker rows) and the adaptor
+    weights = load_file(latest_checkpoint(tmp_path) / "model.safetensors")
+    assert "model.language_model.embed_tokens.weight" in weights
+    assert {k.split(".")[1] for k in weights} == {"language_model", "multi_modal_projector"}
+
+
+def test_added_token_ids_come_from_the_swap_report(tmp_path):
+    model, processor = tiny_base()
+    result = swap_llm(model, processor, "Qwen3-1.7B", markers="add", boundaries=True)
+    assert result.report.added_token_ids
+    result.save(tmp_path / "swapped")
+    assert added_token_ids(tmp_path / "swapped") == tuple(result.report.added_token_ids)
+    assert added_token_ids(tmp_path) == ()  # no report: nothing added
+
+
+def test_lora_run_checkpoints_adapters_and_saves_a_merged_stock_folder(tmp_path, utterances):
+    model, processor = tiny_base()
+    q_proj = model.model.language_model.layers[0].self_attn.q_proj.weight.detach().clone()
+    batch = _batch(processor, utterances["valid"])
+    trained = {}
+
+    def capture(step: int, loss: float) -> None:  # the LoRA model's output after the last step, before the merge
+        if step == 3:
+            with torch.no_grad():
+                trained["logits"] = model.eval()(**batch).logits
+
+    config = TrainConfig(
+        output_dir=tmp_path, max_steps=3, batch_size=4, lr=1e-2, warmup_steps=0, eval_every=0, save_every=0,
+        lora=LoraSettings(r=4, alpha=8),
+    )  # fmt: skip
+    train(model, processor, utterances["train"], None, config, on_step=capture)
+    weights = load_file(latest_checkpoint(tmp_path) / "model.safetensors")
+    assert any("lora_A" in k for k in weights) and any("lora_B" in k for k in weights)
+    assert all("lora_" in k or k.startswith("model.multi_modal_projector.") for k in weights)
+
+    final = load_file(tmp_path / "final" / "model.safetensors")
+    assert not any("lora" in k for k in final)  # merged: a stock FunAsrNano folder
+    merged_q = final["model.language_model.layers.0.self_attn.q_proj.weight"]
+    assert not torch.allclose(merged_q, q_proj)  # the adapters moved the merged weight
+    loaded, _ = load_base(tmp_path / "final")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch).logits, trained["logits"], rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Data order
+
+
+def test_batch_plan_positions_and_rank_streams_agree():
+    plan = BatchPlan([1.0, 2.0, 3.0, 1.5, 2.5, 0.5, 0.7], batch_size=2, seed=3)
+    n = len(plan.epoch(0))
+    assert n == 4 and plan.epoch(0) != plan.epoch(1)  # new order each epoch
+    flat = plan.epoch(0) + plan.epoch(1) + plan.epoch(2)
+    stream = plan.stream((0, 0))
+    assert [next(stream) for _ in range(3 * n)] == flat
+    assert plan.advance((0, 1), 5) == (1, 2)
+    rank0, rank1 = plan.stream((0, 3), 0, 2), plan.stream((0, 3), 1, 2)
+    assert [next(rank0) for _ in range(3)] == flat[3:9:2]
+    assert [next(rank1) for _ in range(3)] == flat[4:10:2]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# A short run: logs, evaluation, checkpoints, plot, final folder
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory, utterances):
+    out = tmp_path_factory.mktemp("run")
+    model, processor = tiny_base()
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    config = TrainConfig(
+        output_dir=out, max_steps=4, batch_size=4, lr=1e-2, warmup_steps=1, eval_every=2, save_every=2,
+        keep_last=1, log_samples=2,
+    )  # fmt: skip
+    result = train(model, processor, utterances["train"], utterances["valid"], config)
+    return {"out": out, "model": model, "processor": processor, "initial": initial, "result": result, "config": config}
+
+
+def test_run_logs_steps_and_evaluations(short_run, utterances):
+    log = _log(short_run["out"])
+    assert [r["step"] for r in log if "loss" in r] == [1, 2, 3, 4]
+    evaluations = [r for r in log if "valid/cer" in r]
+    assert [r["step"] for r in evaluations] == [2, 4]
+    for record in evaluations:
+        assert {"valid/loss", "valid/cer", "valid/wer", "valid/cer/en", "valid/wer/en"} <= record.keys()
+        assert [s["ref"] for s in record["samples"]] == [u.text for u in utterances["valid"][:2]]
+    # one warmup step from 0, then cosine decay over the remaining 3: factors 1, cos^2(pi/6), cos^2(pi/3)
+    assert [r["lr"] for r in log if "lr" in r] == pytest.approx([0.0, 1e-2, 7.5e-3, 2.5e-3])
+    assert short_run["result"].history == log
+    assert (short_run["out"] / "training.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluations_leave_training_unchanged(short_run, utterances, tmp_path):
+    # the same run without a validation set: frozen parts stay in eval mode (no encoder dropout) after evaluating
+    config = dataclasses.replace(short_run["config"], output_dir=tmp_path)
+    model, processor = tiny_base()
+    train(model, processor, utterances["train"], None, config)
+    assert _train_losses(tmp_path) == pytest.approx(_train_losses(short_run["out"]), abs=1e-6)
+
+
+def test_run_trains_only_the_adaptor(short_run):
+    model, initial = short_run["model"], short_run["initial"]
+    for name, value in model.state_dict().items():
+        same = torch.equal(value, initial[name])
+        assert same != name.startswith("model.multi_modal_projector."), name
+
+
+def test_run_keeps_the_last_checkpoint_with_its_state(short_run):
+    out = short_run["out"]
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4"]  # keep_last=1
+    state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
+    # 4 steps of 1 batch of 4 from 8 utterances: 2 batches an epoch
+    assert (state["step"], state["epoch"], state["batch_index"]) == (4, 2, 0)
+    weights = load_file(out / "checkpoint-4" / "model.safetensors")
+    assert all(k.startswith("model.multi_modal_projector.") for k in weights)
+    trained = short_run["model"].state_dict()
+    assert all(torch.equal(v, trained[k]) for k, v in weights.items())
+
+
+def test_final_folder_loads_with_load_base(short_run, utterances):
+    model = short_run["model"]
+    loaded, loaded_processor = load_base(short_run["out"] / "final")
+    batch = _batch(loaded_processor, utterances["valid"])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits)
+
+
+def test_evaluate_scores_transcripts(short_run, utterances):
+    model, processor = short_run["model"], short_run["processor"]
+    evaluation = evaluate(model, processor, utterances["valid"], batch_size=2)
+    last = [r for r in _log(short_run["out"]) if "valid/cer" in r][-1]
+    assert evaluation.metrics["cer"] == pytest.approx(last["valid/cer"])
+    assert evaluation.metrics["loss"] == pytest.approx(last["valid/loss"], rel=1e-5)
+    assert len(evaluation.hypotheses) == len(utterances["valid"])
+
+
+def test_fresh_start_refuses_a_folder_with_checkpoints(short_run, utterances):
+    model, processor = tiny_base()
+    config = TrainConfig(output_dir=short_run["out"], max_steps=4)
+    with pytest.raises(FileExistsError, match="checkpoint-4: resume it"):
+        train(model, processor, utterances["train"], None, config)
+
+
+def test_resume_refuses_a_changed_config(short_run, utterances):
+    model, processor = tiny_base()
+    config = TrainConfig(
+        output_dir=short_run["out"], max_steps=4, batch_size=4, lr=0.5, warmup_steps=1, eval_every=2, save_every=2,
+        keep_last=1, log_samples=2,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="lr: 0.01 -> 0.5"):
+        train(model, processor, utterances["train"], None, config, resume=True)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Exact resume after SIGKILL; DDP
+
+
+def _worker(*args: str, processes: int = 1) -> subprocess.CompletedProcess:
+    if processes == 1:
+        command = [sys.executable, str(WORKER), *args]
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
+                   "--standalone", str(WORKER), *args]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+def test_resume_after_sigkill_gives_the_uninterrupted_losses(tmp_path, corpus):
+    common = ["--train", str(corpus["train"]), "--steps", "6", "--save-every", "2", "--unfreeze-encoder"]
+    killed = _worker(*common, "--out", str(tmp_path / "run"), "--kill-after", "3")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert latest_checkpoint(tmp_path / "run").name == "checkpoint-2"
+    assert max(_train_losses(tmp_path / "run")) == 3  # step 3 ran and was logged, then the kill
+
+    resumed = _worker(*common, "--out", str(tmp_path / "run"), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    # uninterrupted, in this process, its batches collated by a DataLoader worker: the same data
+    run_worker([*common, "--out", str(tmp_path / "reference"), "--num-workers", "1"])
+
+    steps = [r["step"] for r in _log(tmp_path / "run")]
+    assert steps == sorted(set(steps)) == [1, 2, 3, 4, 5, 6]  # the killed step 3 is logged once
+    got, expected = _train_losses(tmp_path / "run"), _train_losses(tmp_path / "reference")
+    for step in range(1, 7):
+        assert got[step] == pytest.approx(expected[step], abs=1e-6), step
+    final, reference_final = (
+        load_file(tmp_path / d / "checkpoint-6" / "model.safetensors") for d in ("run", "reference")
+    )
+    for name, value in reference_final.items():
+        torch.testing.assert_close(final[name], value, rtol=0, atol=1e-6)
+
+
+def test_ddp_two_processes_equal_one_with_the_same_global_batch(tmp_path, corpus):
+    common = ["--train", str(corpus["train"]), "--steps", "3", "--batch-size", "2"]
+    ddp = _worker(*common, "--out", str(tmp_path / "ddp"), processes=2)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    run_worker([*common, "--out", str(tmp_path / "single"), "--grad-accum", "2"])  # one process, in this one
+
+    got, expected = _train_losses(tmp_path / "ddp"), _train_losses(tmp_path / "single")
+    assert got.keys() == expected.keys() == {1, 2, 3}
+    for step in expected:
+        assert got[step] == pytest.approx(expected[step], rel=1e-5)
+    state = json.loads((tmp_path / "ddp" / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["world_size"] == 2
+    weights, reference = (load_file(tmp_path / d / "checkpoint-3" / "model.safetensors") for d in ("ddp", "single"))
+    initial = tiny_base(seed=0)[0].state_dict()
+    # Adam turns rounding differences of near-zero gradients into small update differences: compare against how
+    # far training moved the weights (lr 3e-3 a step), not against float epsilon
+    assert max((value - initial[name]).abs().max() for name, value in reference.items()) > 3e-3
+    for name, value in reference.items():
+        torch.testing.assert_close(weights[name], value, rtol=0, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Commands
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory) -> Path:
+    model, processor = tiny_base()
+    folder = tmp_path_factory.mktemp("model") / "tiny"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def test_cli_train_then_eval(model_folder, corpus, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--model", str(model_folder), "--train", str(corpus["train"]), "--valid", str(corpus["valid"]),
+            "-o", str(out), "--steps", "2", "--batch-size", "4", "--warmup", "0", "--save-every", "0"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert f"trained 2 steps; model saved to {out / 'final'}" in result.output
+    assert [r["step"] for r in _log(out) if "valid/cer" in r] == [2]  # evaluated at the end
+
+    again = CliRunner().invoke(app, args)  # the same folder without --resume: refused, one line after loading
+    assert again.exit_code == 1 and "Traceback" not in again.output
+    assert again.output.strip().splitlines()[-1] == (
+        f"error: {out} holds checkpoint-2: resume it (resume=True, CLI --resume), or use another output_dir"
+    )
+    resumed = CliRunner().invoke(app, [*args, "--resume"])  # nothing left to do: the final folder again
+    assert resumed.exit_code == 0, resumed.output
+    assert [r["step"] for r in _log(out) if "loss" in r] == [1, 2]
+
+    scores = tmp_path / "scores.jsonl"
+    result = CliRunner().invoke(app, ["eval", "--model", str(out / "final"), "--manifest", str(corpus["valid"]),
+                                      "--jsonl", str(scores)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if line.startswith("│")]
+    assert any(row.split("│")[1].strip() == "en" for row in rows) and any("all" in row for row in rows)
+    lines = [json.loads(line) for line in scores.read_text().splitlines()]
+    assert [line["ref"] for line in lines] == [json.loads(x)["text"] for x in corpus["valid"].read_text().splitlines()]
+    assert {"audio", "language", "ref", "hyp"} == lines[0].keys()
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_cli_help_has_examples(command):
+    result = CliRunner().invoke(app, [command, "--help"])
+    assert result.exit_code == 0
+    assert f"funasr-swap {command} --model" in result.output
+
+
+def test_cli_bad_inputs_are_one_line_errors(model_folder, corpus, tmp_path):
+    missing = tmp_path / "nope.jsonl"
+    for args in (
+        ["train", "--model", str(model_folder), "--train", str(missing), "-o", str(tmp_path / "out")],
+        ["eval", "--model", str(model_folder), "--manifest", str(missing)],
+        ["eval", "--model", str(tmp_path), "--manifest", str(corpus["valid"])],
+    ):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 1, args
+        assert len(result.output.strip().splitlines()) == 1 and result.output.startswith("error: "), result.output
+
+    bad = tmp_path / "bad.jsonl"  # one good line (its audio by absolute path), then a malformed one
+    first = json.loads(corpus["valid"].read_text().splitlines()[0])
+    first["audio"] = str(corpus["valid"].parent / first["audio"])
+    bad.write_text(json.dumps(first) + "\n{oops\n")
+    args = ["eval", "--model", str(model_folder), "--manifest", str(bad)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1 and result.output.startswith(f"error: {bad}:2: malformed JSON"), result.output
+    result = CliRunner().invoke(app, [*args, "--skip-bad"])
+    assert result.exit_code == 0 and "skipped 1 bad line(s)" in result.output, result.output
