@@ -238,7 +238,7 @@ def train_command(
     lora_dropout: float = typer.Option(0.0, min=0.0, max=1.0),
     lora_targets: str = typer.Option("q_proj,k_proj,v_proj,o_proj", help="comma-separated LLM module names"),
     train_token: list[int] | None = typer.Option(
-        None, "--train-token", help="token id whose embedding row trains; repeatable (default: the swap report's added rows)"
+        None, "--train-token", help="token id whose embedding row trains; repeatable (default: the swap's added rows)"
     ),
     log_samples: int = typer.Option(3, min=0, help="transcripts shown per evaluation"),
     num_workers: int = typer.Option(0, min=0, help="DataLoader processes reading audio"),

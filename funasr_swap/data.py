@@ -12,7 +12,6 @@ A manifest has one JSON object per line:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -27,6 +26,7 @@ from transformers import FunAsrNanoProcessor
 
 from funasr_swap.audio import load_audio
 from tokenmap.families import detect_family
+from tokenmap.io import parse_json_object
 from tokenmap.markers import SpeechMarkers
 from tokenmap.prompt import IGNORE_INDEX, AsrTask, build_asr_prompt
 
@@ -67,12 +67,7 @@ class Manifest:
 
 def _parse_line(line: str, folder: Path) -> Utterance:
     """The utterance of one manifest line; ValueError with the reason when the line or its audio is bad."""
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"malformed JSON ({error})") from None
-    if not isinstance(record, dict):
-        raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+    record = parse_json_object(line)
     for key in ("audio", "text"):
         if key not in record:
             raise ValueError(f"missing field {key!r}")

@@ -21,7 +21,7 @@ from rich.text import Text
 
 from tokenmap.assets import SOURCES, TokenizerNotFoundError, fetch, load_tokenizer
 from tokenmap.families import FAMILIES, ChatFamily, detect_family, get_family
-from tokenmap.io import atomic_folder, atomic_write_lines
+from tokenmap.io import atomic_folder, atomic_write_lines, parse_json_object
 from tokenmap.markers import resolve_speech_markers
 from tokenmap.prompt import DEFAULT_SYSTEM, AsrTask, build_asr_prompt, build_chat_template
 from tokenmap.vocab_map import VocabMap
@@ -270,11 +270,9 @@ def _convert_manifest(
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise CliError(f"{source}:{number}: not a JSON line ({exc.msg})") from None
-        if not isinstance(record, dict):
-            raise CliError(f"{source}:{number}: expected a JSON object, got {type(record).__name__}")
+            record = parse_json_object(line)
+        except ValueError as exc:
+            raise CliError(f"{source}:{number}: {exc}") from None
         if ids_field in record:
             ids = record[ids_field]
             if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):

@@ -5,6 +5,7 @@ A command that fails half-way never leaves a partial file or folder behind (DESI
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -54,3 +55,14 @@ def atomic_write_lines(path: str | os.PathLike, lines: Iterable[str | bytes], *,
         os.unlink(tmp)
         raise
     return path
+
+
+def parse_json_object(line: str) -> dict:
+    """One JSONL line as a dict; ValueError saying what is wrong otherwise (callers add the file and line number)."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"malformed JSON ({error.msg})") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+    return record
