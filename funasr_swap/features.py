@@ -5,13 +5,18 @@ torchaudio does not load beside every torch (2.11's compiled library fails with 
 `KaldiFbankFeatureExtractor` is that extractor with the one torchaudio call replaced by `kaldi_fbank`, a port of
 torchaudio's function for the options the stock extractor uses (dither 0, DC offset removed, pre-emphasis 0.97, FFT
 size rounded up to a power of two, snip_edges, mel bins from 20 Hz to Nyquist, log power with a float32-epsilon
-floor, no energy column). LFR stacking, padding, masks and dtypes are inherited unchanged.
+floor, no energy column), and LFR stacking by `lfr_stack` (the stock `_apply_lfr` as one gather: the same
+frames copied, so equal bit for bit); padding, masks and dtypes are inherited unchanged.
 The port repeats torchaudio's arithmetic op by op: on the same torch it equals torchaudio 2.11 bit for bit (measured
 on the GPU machine, torch 2.11). Against the fixtures computed there (tests/fixtures/fbank, made by
 benchmarks/gpu/make_fbank_fixture.py), torch 2.13 differs by at most 3.5e-4 in log-mel: FFT/matmul rounding of the
 two torch builds.
 kaldi-native-fbank (the C++ Kaldi port) was measured too and differs from torchaudio by up to 7e-4.
 Like the stock extractor (and unlike funasr's WavFrontend, which multiplies by 32768), it takes the waveform as is.
+
+Both functions take a batch: `batch_features(extractor, waveforms, device)` computes a whole batch of padded
+waveforms in one set of tensor ops on any device (the GPU for transcription), and returns what `extractor(waveforms)`
+returns; the extractor's per-utterance path is the same code with a batch of one.
 
 Saved configs name the stock class (`"feature_extractor_type": "FunAsrNanoFeatureExtractor"`), so a folder saved
 here loads with stock transformers wherever torchaudio works, and both classes give the same features. Without
@@ -24,12 +29,13 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, BatchFeature
 from transformers.utils import is_torchaudio_available
 
 try:
@@ -45,10 +51,14 @@ from transformers.models.fun_asr_nano.processing_fun_asr_nano import FunAsrNanoP
 __all__ = [
     "KALDI_WINDOWS",
     "KaldiFbankFeatureExtractor",
+    "batch_features",
     "feature_extractor_class",
+    "frame_samples",
     "kaldi_fbank",
+    "lfr_stack",
     "load_feature_extractor",
     "load_processor",
+    "num_lfr_frames",
 ]
 
 # numeric_limits<float>::epsilon(): Kaldi's floor on mel energies before the log (log(eps) = -15.94 on silence).
@@ -82,7 +92,7 @@ def _mel(freq: float | torch.Tensor) -> float | torch.Tensor:
 
 
 @functools.lru_cache(maxsize=8)
-def _mel_banks(num_mel_bins: int, fft_size: int, sample_rate: float) -> torch.Tensor:
+def _mel_banks(num_mel_bins: int, fft_size: int, sample_rate: float, device: torch.device) -> torch.Tensor:
     """Triangular mel filters `(num_mel_bins, fft_size // 2 + 1)`; the Nyquist column is zero, as in Kaldi."""
     mel_low, mel_high = _mel(_LOW_FREQ_HZ), _mel(0.5 * sample_rate)
     delta = (mel_high - mel_low) / (num_mel_bins + 1)  # +1: the outer triangles reach past both edges
@@ -91,7 +101,20 @@ def _mel_banks(num_mel_bins: int, fft_size: int, sample_rate: float) -> torch.Te
     fft_mel = _mel(sample_rate / fft_size * torch.arange(fft_size // 2)).unsqueeze(0)  # (1, fft_size // 2)
     up, down = (fft_mel - left) / (center - left), (right - fft_mel) / (right - center)
     banks = torch.clamp(torch.minimum(up, down), min=0.0)  # (num_mel_bins, fft_size // 2)
-    return torch.nn.functional.pad(banks, (0, 1))
+    return torch.nn.functional.pad(banks, (0, 1)).to(device)
+
+
+def _frame_and_shift(sample_rate: float, frame_length_ms: float, frame_shift_ms: float) -> tuple[int, int]:
+    """Frame length and shift in samples, checked."""
+    # Same float expressions as torchaudio, so that e.g. 16000 * 25 * 0.001 truncates to the same integer.
+    frame = int(sample_rate * frame_length_ms * 0.001)
+    shift = int(sample_rate * frame_shift_ms * 0.001)
+    if frame < 2 or shift < 1:
+        raise ValueError(
+            f"frame_length_ms={frame_length_ms}, frame_shift_ms={frame_shift_ms} give frame {frame} and shift {shift} "
+            f"samples at {sample_rate} Hz; need frame >= 2 and shift >= 1"
+        )
+    return frame, shift
 
 
 def kaldi_fbank(
@@ -104,37 +127,122 @@ def kaldi_fbank(
 ) -> torch.Tensor:
     """Log mel filterbank `(num_frames, num_mel_bins)` of a 1-D float32 waveform, as
     `torchaudio.compliance.kaldi.fbank(waveform[None], num_mel_bins=..., frame_length=..., frame_shift=...,
-    sample_frequency=..., window_type=...)` computes it with its other options at their defaults.
+    sample_frequency=..., window_type=...)` computes it with its other options at their defaults; or
+    `(batch, num_frames, num_mel_bins)` of a batch `(batch, num_samples)`, computed on the waveform's device.
 
-    Frames fit wholly inside the waveform (snip_edges): `1 + (num_samples - frame) // shift` of them.
+    Frames fit wholly inside the waveform (snip_edges): `1 + (num_samples - frame) // shift` of them. Each frame
+    depends on its own samples alone, so in a batch of zero-padded waveforms a row's first frames (as many as its
+    unpadded length gives) are that waveform's frames.
     """
-    if waveform.dim() != 1:
-        raise ValueError(f"waveform must be 1-D (num_samples,), got shape {tuple(waveform.shape)}")
+    if waveform.dim() not in (1, 2):
+        raise ValueError(
+            f"waveform must be 1-D (num_samples,) or 2-D (batch, num_samples), got shape {tuple(waveform.shape)}"
+        )
     if window not in KALDI_WINDOWS:
         raise ValueError(f"window must be one of {sorted(KALDI_WINDOWS)}, got {window!r}")
-    # Same float expressions as torchaudio, so that e.g. 16000 * 25 * 0.001 truncates to the same integer.
-    frame = int(sample_rate * frame_length_ms * 0.001)
-    shift = int(sample_rate * frame_shift_ms * 0.001)
-    if frame < 2 or shift < 1:
+    frame, shift = _frame_and_shift(sample_rate, frame_length_ms, frame_shift_ms)
+    if waveform.shape[-1] < frame:
         raise ValueError(
-            f"frame_length_ms={frame_length_ms}, frame_shift_ms={frame_shift_ms} give frame {frame} and shift {shift} "
-            f"samples at {sample_rate} Hz; need frame >= 2 and shift >= 1"
-        )
-    if waveform.numel() < frame:
-        raise ValueError(
-            f"waveform has {waveform.numel()} samples; Kaldi fbank needs at least one {frame_length_ms} ms frame "
+            f"waveform has {waveform.shape[-1]} samples; Kaldi fbank needs at least one {frame_length_ms} ms frame "
             f"({frame} samples at {sample_rate} Hz)"
         )
     fft_size = 1 << (frame - 1).bit_length()
 
-    frames = waveform.to(torch.float32).unfold(0, frame, shift)  # (T, frame)
-    frames = frames - frames.mean(dim=1, keepdim=True)
-    previous = torch.cat([frames[:, :1], frames[:, :-1]], dim=1)  # Kaldi repeats the first sample of each frame
-    frames = (frames - _PREEMPHASIS * previous) * KALDI_WINDOWS[window](frame)
-    frames = torch.nn.functional.pad(frames, (0, fft_size - frame))  # (T, fft_size)
-    power = torch.fft.rfft(frames).abs().pow(2.0)  # (T, fft_size // 2 + 1)
-    mel_energies = torch.mm(power, _mel_banks(num_mel_bins, fft_size, float(sample_rate)).T)  # (T, num_mel_bins)
+    frames = waveform.to(torch.float32).unfold(-1, frame, shift)  # (..., T, frame)
+    frames = frames - frames.mean(dim=-1, keepdim=True)
+    previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)  # Kaldi repeats the first sample of each frame
+    frames = (frames - _PREEMPHASIS * previous) * KALDI_WINDOWS[window](frame).to(frames.device)
+    frames = torch.nn.functional.pad(frames, (0, fft_size - frame))  # (..., T, fft_size)
+    power = torch.fft.rfft(frames).abs().pow(2.0)  # (..., T, fft_size // 2 + 1)
+    banks = _mel_banks(num_mel_bins, fft_size, float(sample_rate), frames.device)
+    mel_energies = torch.matmul(power, banks.T)  # (..., T, num_mel_bins)
     return torch.clamp(mel_energies, min=_EPSILON).log()
+
+
+def lfr_stack(features: torch.Tensor, num_frames: Sequence[int], num_stacked: int = 7, stride: int = 6) -> torch.Tensor:
+    """Low frame rate (LFR) stacking of fbank frames `(batch, frames, feature_size)` whose row `b` holds
+    `num_frames[b]` valid frames: `(batch, max(lfr_frames), num_stacked * feature_size)`.
+
+    Row `b` has `lfr_frames = ceil(num_frames[b] / stride)` LFR frames; frame `j` stacks `num_stacked` fbank frames
+    from `j * stride - (num_stacked - 1) // 2` on, with the first and the last valid frame repeated past either end
+    (the stock `_apply_lfr`, which is this with a batch of one). Rows past a row's `lfr_frames` repeat its last
+    frame: mask them.
+    """
+    batch, _, feature_size = features.shape
+    if len(num_frames) != batch or min(num_frames) < 1:
+        raise ValueError(f"num_frames must hold one count >= 1 per row of features ({batch}), got {list(num_frames)}")
+    lfr_frames = max(-(-n // stride) for n in num_frames)
+    device = features.device
+    # Index of the fbank frame in each stacked slot: (lfr_frames, num_stacked), then clamped per row to [0, n - 1].
+    slots = torch.arange(lfr_frames, device=device)[:, None] * stride + torch.arange(num_stacked, device=device)
+    slots = (slots - (num_stacked - 1) // 2).clamp(min=0)
+    last = torch.tensor(num_frames, device=device)[:, None, None] - 1
+    index = torch.minimum(slots[None], last)  # (batch, lfr_frames, num_stacked)
+    index = index.reshape(batch, -1, 1).expand(-1, -1, feature_size)
+    stacked = torch.gather(features, 1, index)  # (batch, lfr_frames * num_stacked, feature_size)
+    return stacked.reshape(batch, lfr_frames, num_stacked * feature_size)
+
+
+def frame_samples(extractor: FunAsrNanoFeatureExtractor) -> tuple[int, int]:
+    """Samples of one fbank frame (the shortest audio that has features) and of the shift between frames."""
+    return _frame_and_shift(extractor.sampling_rate, extractor.frame_length, extractor.frame_shift)
+
+
+def _num_fbank_frames(extractor: FunAsrNanoFeatureExtractor, num_samples: int) -> int:
+    frame, shift = frame_samples(extractor)
+    if num_samples < frame:
+        raise ValueError(
+            f"{num_samples} samples is shorter than one {extractor.frame_length} ms fbank frame ({frame} samples at "
+            f"{extractor.sampling_rate} Hz)"
+        )
+    return 1 + (num_samples - frame) // shift
+
+
+def num_lfr_frames(extractor: FunAsrNanoFeatureExtractor, num_samples: int) -> int:
+    """LFR frames (audio placeholder tokens) that `extractor` makes of a waveform of `num_samples` samples."""
+    return -(-_num_fbank_frames(extractor, num_samples) // extractor.stride_lfr)
+
+
+def batch_features(
+    extractor: FunAsrNanoFeatureExtractor,
+    waveforms: Sequence[np.ndarray | torch.Tensor],
+    device: torch.device | str | None = None,
+) -> BatchFeature:
+    """What `extractor(waveforms)` returns, computed for the whole batch in one set of tensor ops on `device` (None:
+    the CPU): `input_features` `(batch, max_lfr_frames, feature_size * num_frames_lfr)` float32, padded with the
+    extractor's `padding_value`, and `input_features_mask` `(batch, max_lfr_frames)` int32.
+
+    The waveforms (1-D, at the extractor's sampling rate) are zero-padded into one tensor; one `kaldi_fbank` and one
+    `lfr_stack` make every row's features. Frame counts equal the extractor's, values equal them up to float rounding
+    (FFTs and matrix products of other shapes, or on another device). Only the extractor's settings are read, so the
+    stock class (torchaudio's fbank) is served too.
+    """
+    if len(waveforms) == 0:
+        raise ValueError("waveforms is empty; pass at least one waveform")
+    rows, num_frames = [], []
+    for i, waveform in enumerate(waveforms):
+        row = torch.as_tensor(waveform, dtype=torch.float32)
+        if row.dim() != 1:
+            raise ValueError(f"waveforms[{i}] must be 1-D (num_samples,), got shape {tuple(row.shape)}")
+        try:
+            num_frames.append(_num_fbank_frames(extractor, row.numel()))
+        except ValueError as error:
+            raise ValueError(f"waveforms[{i}]: {error}") from error
+        rows.append(row.to(device))
+    padded = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)  # (batch, max_samples)
+    fbank = kaldi_fbank(
+        padded,
+        num_mel_bins=extractor.feature_size,
+        frame_length_ms=extractor.frame_length,
+        frame_shift_ms=extractor.frame_shift,
+        sample_rate=extractor.sampling_rate,
+        window=extractor.window,
+    )  # (batch, max_frames, feature_size)
+    features = lfr_stack(fbank, num_frames, extractor.num_frames_lfr, extractor.stride_lfr)
+    lfr_frames = torch.tensor([-(-n // extractor.stride_lfr) for n in num_frames], device=features.device)
+    mask = torch.arange(features.shape[1], device=features.device) < lfr_frames[:, None]  # (batch, max_lfr_frames)
+    features = features.masked_fill(~mask[..., None], extractor.padding_value)
+    return BatchFeature({"input_features": features, "input_features_mask": mask.to(torch.int32)})
 
 
 class KaldiFbankFeatureExtractor(FunAsrNanoFeatureExtractor):
@@ -150,6 +258,9 @@ class KaldiFbankFeatureExtractor(FunAsrNanoFeatureExtractor):
             sample_rate=self.sampling_rate,
             window=self.window,
         )
+
+    def _apply_lfr(self, features: torch.Tensor) -> torch.Tensor:
+        return lfr_stack(features[None], [features.shape[0]], self.num_frames_lfr, self.stride_lfr)[0]
 
     def to_dict(self) -> dict[str, Any]:
         output = super().to_dict()

@@ -1,5 +1,6 @@
 """KaldiFbankFeatureExtractor against features real torchaudio computed (tests/fixtures/fbank, made on the GPU
-machine with torch 2.11 + torchaudio 2.11 by benchmarks/gpu/make_fbank_fixture.py), and its save/load behaviour."""
+machine with torch 2.11 + torchaudio 2.11 by benchmarks/gpu/make_fbank_fixture.py), the batched path against the
+per-utterance one, and its save/load behaviour."""
 
 from __future__ import annotations
 
@@ -21,10 +22,14 @@ from funasr_swap import features
 from funasr_swap.features import (
     KALDI_WINDOWS,
     KaldiFbankFeatureExtractor,
+    batch_features,
     feature_extractor_class,
+    frame_samples,
     kaldi_fbank,
+    lfr_stack,
     load_feature_extractor,
     load_processor,
+    num_lfr_frames,
 )
 from tests.conftest import real_tokenizer
 
@@ -75,7 +80,12 @@ def test_fixture_settings_cover_every_window():
 
 @pytest.mark.parametrize("num_samples", [400, 559, 560, 16000])
 def test_frame_count_is_kaldi_snip_edges(num_samples):
-    assert kaldi_fbank(torch.randn(num_samples)).shape == (1 + (num_samples - 400) // 160, 80)
+    frames = 1 + (num_samples - 400) // 160
+    assert kaldi_fbank(torch.randn(num_samples)).shape == (frames, 80)
+    extractor = KaldiFbankFeatureExtractor()
+    assert frame_samples(extractor) == (400, 160)
+    lfr_frames = extractor(np.zeros(num_samples, np.float32))["input_features"].shape[1]
+    assert num_lfr_frames(extractor, num_samples) == -(-frames // 6) == lfr_frames
 
 
 def test_digital_silence_is_the_epsilon_floor():
@@ -86,7 +96,8 @@ def test_digital_silence_is_the_epsilon_floor():
     ("waveform", "kwargs", "message"),
     [
         (torch.zeros(399), {}, "399 samples"),
-        (torch.zeros(2, 1600), {}, "1-D"),
+        (torch.zeros(2, 2, 1600), {}, "1-D .* or 2-D"),
+        (torch.zeros(3, 399), {}, "399 samples"),
         (torch.zeros(1600), {"window": "kaiser"}, "'kaiser'"),
         (torch.zeros(1600), {"frame_shift_ms": 0.01}, "shift 0"),
     ],
@@ -94,6 +105,78 @@ def test_digital_silence_is_the_epsilon_floor():
 def test_kaldi_fbank_errors_name_the_problem(waveform, kwargs, message):
     with pytest.raises(ValueError, match=message):
         kaldi_fbank(waveform, **kwargs)
+
+
+# Batch and single runs round FFT/matmul sums differently (other shapes); the values agree to float32 rounding.
+BATCH_ATOL = 1e-5
+
+
+def mixed_clips() -> list[np.ndarray]:
+    """The fixture clips and noise of awkward lengths: one frame exactly, frame counts either side of LFR strides."""
+    rng = np.random.default_rng(0)
+    noise = [0.1 * rng.standard_normal(n).astype(np.float32) for n in (400, 559, 560, 1360, 1361, 16000 * 3 + 37)]
+    return [clip(name) for name in CLIP_ORDER] + noise
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"num_frames_lfr": 5, "stride_lfr": 4, "window": "povey", "padding_value": -1.0}, {"feature_size": 40}],
+    ids=["defaults", "lfr5-4-povey-pad-1", "40-mel"],
+)
+def test_batch_features_equal_the_extractor_per_utterance(settings):
+    extractor = KaldiFbankFeatureExtractor(**settings)
+    clips = mixed_clips()
+    expected = extractor(clips, sampling_rate=16000)  # fbank and LFR one utterance at a time, then padded
+    batched = batch_features(extractor, clips)
+    assert batched.keys() == expected.keys()
+    assert batched["input_features"].dtype == expected["input_features"].dtype == torch.float32
+    assert batched["input_features_mask"].dtype == expected["input_features_mask"].dtype
+    assert torch.equal(batched["input_features_mask"], expected["input_features_mask"])
+    assert batched["input_features_mask"].sum(1).tolist() == [num_lfr_frames(extractor, len(c)) for c in clips]
+    # Padding rows too: both hold padding_value there.
+    torch.testing.assert_close(batched["input_features"], expected["input_features"], rtol=0, atol=BATCH_ATOL)
+    # The rows come from one padded batch: a row alone gives the same values.
+    alone = batch_features(extractor, clips[-1:])["input_features"][0]
+    torch.testing.assert_close(batched["input_features"][-1, : len(alone)], alone, rtol=0, atol=BATCH_ATOL)
+
+
+@pytest.mark.parametrize(("num_stacked", "stride"), [(7, 6), (5, 4), (1, 1), (3, 5)])
+def test_lfr_stack_is_the_stock_apply_lfr(num_stacked, stride):
+    extractor = KaldiFbankFeatureExtractor(num_frames_lfr=num_stacked, stride_lfr=stride)
+    generator = torch.Generator().manual_seed(0)
+    counts = [1, 2, 3, 5, 6, 7, 12, 13, 40]
+    frames = [torch.randn(n, 8, generator=generator) for n in counts]
+    padded = torch.nn.utils.rnn.pad_sequence(frames, batch_first=True, padding_value=float("nan"))
+    stacked = lfr_stack(padded, counts, num_stacked, stride)
+    for row, (n, fbank) in enumerate(zip(counts, frames)):
+        stock = FunAsrNanoFeatureExtractor._apply_lfr(extractor, fbank)
+        assert torch.equal(extractor._apply_lfr(fbank), stock), n  # per utterance: a batch of one
+        assert torch.equal(stacked[row, : len(stock)], stock), n  # never reads the padding (NaN) frames
+        assert not stacked[row].isnan().any(), n
+
+
+def test_batch_features_errors_name_the_waveform():
+    extractor = KaldiFbankFeatureExtractor()
+    with pytest.raises(ValueError, match="waveforms is empty"):
+        batch_features(extractor, [])
+    with pytest.raises(ValueError, match=r"waveforms\[1\]: 399 samples is shorter than one 25 ms fbank frame"):
+        batch_features(extractor, [np.zeros(1600, np.float32), np.zeros(399, np.float32)])
+    with pytest.raises(ValueError, match=r"waveforms\[0\] must be 1-D \(num_samples,\), got shape \(2, 1600\)"):
+        batch_features(extractor, [np.zeros((2, 1600), np.float32)])
+    with pytest.raises(ValueError, match=r"num_frames must hold one count >= 1 per row of features \(2\)"):
+        lfr_stack(torch.zeros(2, 5, 8), [5])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_batch_features_on_cuda_equal_torchaudio():
+    extractor = KaldiFbankFeatureExtractor()
+    out = batch_features(extractor, [clip(name) for name in CLIP_ORDER], device="cuda")
+    assert out["input_features"].device.type == "cuda"
+    np.testing.assert_array_equal(out["input_features_mask"].cpu().numpy(), REFERENCE["mask"])
+    for i, name in enumerate(CLIP_ORDER):
+        expected = REFERENCE[f"lfr/{name}"]
+        ours = out["input_features"][i, : len(expected)].cpu().numpy()
+        np.testing.assert_allclose(ours, expected, rtol=0, atol=LOG_MEL_ATOL, err_msg=name)
 
 
 def test_call_interface_matches_stock():

@@ -171,8 +171,24 @@ def test_prompt_equals_stock_transcription_request(base, clips, task):
         audio=clips[:2], language=task.language, keywords=list(task.hotwords) or None
     )
     assert ours.keys() == stock.keys()
-    for key in ours:
+    for key in ("input_ids", "attention_mask", "input_features_mask"):
         assert torch.equal(ours[key], stock[key]), key
+    # Ours are computed for the batch at once (funasr_swap.features.batch_features): equal up to float rounding.
+    assert ours["input_features"].dtype == stock["input_features"].dtype
+    torch.testing.assert_close(ours["input_features"], stock["input_features"], rtol=0, atol=1e-5)
+
+
+def test_prompts_are_padded_on_the_left_whatever_the_tokenizer_pads(base, clips):
+    _, processor = base
+    left = transcription_inputs(processor, clips[:3])
+    processor.tokenizer.padding_side = "right"
+    try:
+        right = transcription_inputs(processor, clips[:3])
+    finally:
+        processor.tokenizer.padding_side = "left"
+    assert left["attention_mask"][:, 0].tolist() != [1, 1, 1]  # the lengths differ: some row is padded
+    for key in left:
+        assert torch.equal(left[key], right[key]), key
 
 
 @pytest.fixture(scope="module")
