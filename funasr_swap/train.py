@@ -222,15 +222,19 @@ def supervised_loss(model: FunAsrNanoForConditionalGeneration, batch: dict[str, 
     return F.cross_entropy(logits.float(), targets[supervised])
 
 
-class _LossModule(nn.Module):
-    """`supervised_loss` as a module's forward: what DDP wraps (it syncs gradients of what its forward ran)."""
+LossFunction = Callable[[FunAsrNanoForConditionalGeneration, dict[str, torch.Tensor]], torch.Tensor]
 
-    def __init__(self, model: FunAsrNanoForConditionalGeneration):
+
+class _LossModule(nn.Module):
+    """`loss_fn` as a module's forward: what DDP wraps (it syncs gradients of what its forward ran)."""
+
+    def __init__(self, model: FunAsrNanoForConditionalGeneration, loss_fn: LossFunction):
         super().__init__()
         self.model = model
+        self.loss_fn = loss_fn
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return supervised_loss(self.model, batch)
+        return self.loss_fn(self.model, batch)
 
 
 def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
@@ -502,13 +506,16 @@ def train(
     *,
     resume: bool = False,
     on_step: Callable[[int, float], None] | None = None,
+    loss_fn: LossFunction = supervised_loss,
 ) -> TrainResult:
     """Train `model` in place on `train_data`; evaluate on `valid_data` (None: no evaluation); write checkpoints,
     `metrics.jsonl`, `training.png` and the final folder (model + processor) under `config.output_dir`.
 
     `resume=True` continues from the latest checkpoint in `config.output_dir` (a fresh start when there is none).
-    `on_step(step, loss)` runs after each optimizer step's logging and checkpointing, on every process. The global
-    RNGs are seeded from `config.seed` (and restored on resume), as any training script does.
+    `on_step(step, loss)` runs after each optimizer step's logging and checkpointing, on every process.
+    `loss_fn(model, batch)` is the training loss (default `supervised_loss`; the miniature world's `WorldLoss` computes
+    the same faster). The global RNGs are seeded from `config.seed` (and restored on resume), as any training script
+    does.
     """
     if not train_data:
         raise ValueError("train: no training utterances")
@@ -526,7 +533,7 @@ def train(
     for parameter in model.parameters():  # fp32 master weights for what trains; frozen weights keep their dtype
         if parameter.requires_grad and parameter.dtype != torch.float32:
             parameter.data = parameter.data.float()
-    loss_module = accelerator.prepare(_LossModule(model))  # device placement, DDP, autocast
+    loss_module = accelerator.prepare(_LossModule(model, loss_fn))  # device placement, DDP, autocast
     optimizer = _optimizer(model, config)
     scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
     plan = BatchPlan([_duration(u) for u in train_data], config.batch_size, config.seed)

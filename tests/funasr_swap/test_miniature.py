@@ -1,0 +1,110 @@
+"""The miniature world: the exact world loss, copy-task pretraining, and the quickstart's wiring (`--quick` sizes)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from funasr_swap.miniature import (
+    QUICK,
+    WorldLoss,
+    _world_cross_entropy,
+    build_base,
+    pretrain_llm,
+    run_quickstart,
+)
+from funasr_swap.train import supervised_loss
+
+pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+
+TEXTS = ["the red cat sat on the mat", "alice bought two blue cups", "there are five green apples in the park"]
+
+
+@pytest.mark.parametrize("softcap", [None, 30.0])
+def test_world_cross_entropy_equals_the_full_vocabulary_loss(softcap):
+    torch.manual_seed(0)
+    vocabulary, width, world = 50, 8, [3, 7, 8, 20, 41]
+    weight = torch.zeros(vocabulary, width)
+    weight[world] = torch.randn(len(world), width)
+    hidden = torch.randn(6, width) * 3
+    targets = torch.tensor([3, 7, 41, 20, 8, 3])
+    logits = hidden @ weight.T
+    if softcap:
+        logits = softcap * torch.tanh(logits / softcap)
+    full = F.cross_entropy(logits, targets)
+    index = {token: row for row, token in enumerate(world)}
+    compact = _world_cross_entropy(
+        hidden, weight[world], torch.tensor([index[t] for t in targets.tolist()]), vocabulary - len(world), softcap
+    )
+    torch.testing.assert_close(compact, full)
+
+
+@pytest.fixture(scope="module")
+def qwen3_llm(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("llm") / "Qwen3-0.6B"
+    return pretrain_llm("Qwen3-0.6B", TEXTS, folder, steps=3, batch_size=4, eval_texts=TEXTS[:1])
+
+
+def test_pretrained_llm_folder_has_zero_rows_outside_its_world(qwen3_llm):
+    from transformers import AutoModelForCausalLM
+
+    from tokenmap.assets import load_tokenizer
+
+    record = json.loads((qwen3_llm / "PRETRAIN.json").read_text())
+    llm = AutoModelForCausalLM.from_pretrained(qwen3_llm)
+    rows = (llm.get_input_embeddings().weight != 0).any(dim=1)
+    assert int(rows.sum()) == record["world_tokens"] < 100
+    assert llm.config.vocab_size == 151936  # the real vocabulary size, the real tokenizer
+    tokenizer = load_tokenizer(qwen3_llm)
+    assert len(tokenizer) == len(load_tokenizer("qwen3"))
+    for token in tokenizer("alice bought", add_special_tokens=False)["input_ids"]:
+        assert rows[token]
+    assert 0.0 <= record["copy_accuracy"] <= 1.0
+
+
+def test_world_loss_equals_the_trainer_loss_on_the_base(qwen3_llm, tmp_path):
+    import soundfile
+
+    from funasr_swap.data import AsrCollator, Utterance
+    from funasr_swap.synth import SAMPLING_RATE, speak
+
+    model, processor = build_base(qwen3_llm, QUICK)
+    utterances = []
+    for i, text in enumerate(TEXTS):
+        path = tmp_path / f"{i}.wav"
+        soundfile.write(path, speak(text, "en-us"), SAMPLING_RATE)
+        utterances.append(Utterance(path, text, "en"))
+    batch = AsrCollator(processor)(utterances)
+    model.requires_grad_(False)
+    with torch.no_grad():
+        torch.testing.assert_close(WorldLoss(model)(model, batch), supervised_loss(model, batch))
+    model.lm_head.weight.requires_grad_(True)
+    with pytest.raises(ValueError, match="frozen LM head"):
+        WorldLoss(model)(model, batch)
+
+
+@pytest.mark.slow
+def test_quickstart_writes_report_and_reuses_its_cache(tmp_path):
+    logs: list[str] = []
+    report = run_quickstart(tmp_path, ["llama3"], QUICK, log=logs.append)
+    text = report.read_text()
+    for row in ("| base |", "| llama3 bridge |", "| llama3 fresh |"):
+        assert row in text
+    assert (tmp_path / "cer.png").stat().st_size > 0
+    base_runs = list(tmp_path.glob("base-*/final/config.json"))
+    assert len(base_runs) == 1
+    assert len(list(tmp_path.glob("swap-*/result.json"))) == 2
+
+    logs.clear()
+    run_quickstart(tmp_path, ["llama3"], QUICK, log=logs.append)
+    cached = [line for line in logs if "cached" in line]
+    assert any("corpus: cached" in line for line in cached)
+    assert any("pretrain Llama-3.2-1B: cached" in line for line in cached)
+    assert any(line.startswith("[quickstart] base:") for line in cached)
+    assert sum("adaptor retraining" in line for line in cached) == 2
+    assert len(list(tmp_path.glob("swap-*/result.json"))) == 2  # nothing new
+    assert report.read_text().count("| llama3 bridge |") == 1
