@@ -687,11 +687,14 @@ def _write_report(
         bridge, fresh = by_name[f"{family} bridge"], by_name[f"{family} fresh"]
         final = [r["valid/cer"] for r in fresh.history if "valid/cer" in r][-1]
         fresh_steps, bridge_steps = fresh.steps_to(final), bridge.steps_to(final)
-        speedup = f"{fresh_steps / bridge_steps:.2f}x" if bridge_steps else "none (bridge never reached it)"
+        if bridge_steps is None:
+            reached = f"reached by fresh at step {fresh_steps}, never by bridge: no speed-up"
+        else:
+            reached = f"reached at step {bridge_steps} (bridge) vs {fresh_steps} (fresh): speed-up "
+            reached += f"{fresh_steps / bridge_steps:.2f}x"
         comparisons.append(
             f"- {family}: test CER {bridge.test_cer:.1%} (bridge) vs {fresh.test_cer:.1%} (fresh) after "
-            f"{fresh.steps} steps; validation CER {final:.1%} reached at step {bridge_steps} (bridge) vs "
-            f"{fresh_steps} (fresh): speed-up {speedup}"
+            f"{fresh.steps} steps; fresh's final validation CER {final:.1%} {reached}"
         )
     if comparisons:
         lines += ["", "Bridge vs fresh (same data, steps and seed):", "", *comparisons]

@@ -8,19 +8,21 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
+from typer.testing import CliRunner
 
+from funasr_swap.cli import app
 from funasr_swap.miniature import (
     QUICK,
     WorldLoss,
     _world_cross_entropy,
     build_base,
     pretrain_llm,
-    run_quickstart,
 )
 from funasr_swap.train import supervised_loss
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 
+runner = CliRunner()
 TEXTS = ["the red cat sat on the mat", "alice bought two blue cups", "there are five green apples in the park"]
 
 
@@ -87,21 +89,30 @@ def test_world_loss_equals_the_trainer_loss_on_the_base(qwen3_llm, tmp_path):
         WorldLoss(model)(model, batch)
 
 
+def test_quickstart_refuses_an_unknown_family(tmp_path):
+    result = runner.invoke(app, ["quickstart", "-o", str(tmp_path / "out"), "--families", "llama3,mistral"])
+    assert result.exit_code == 1
+    assert "mistral" in result.output and "gemma2" in result.output  # the bad name and the choices
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_quickstart_writes_report_and_reuses_its_cache(tmp_path):
-    logs: list[str] = []
-    report = run_quickstart(tmp_path, ["llama3"], QUICK, log=logs.append)
+    command = ["quickstart", "-o", str(tmp_path), "--families", "llama3", "--quick"]
+    result = runner.invoke(app, command)
+    assert result.exit_code == 0, result.output
+    report = tmp_path / "REPORT.md"
     text = report.read_text()
     for row in ("| base |", "| llama3 bridge |", "| llama3 fresh |"):
         assert row in text
+    assert "Bridge vs fresh" in text
     assert (tmp_path / "cer.png").stat().st_size > 0
-    base_runs = list(tmp_path.glob("base-*/final/config.json"))
-    assert len(base_runs) == 1
+    assert len(list(tmp_path.glob("base-*/final/config.json"))) == 1
     assert len(list(tmp_path.glob("swap-*/result.json"))) == 2
 
-    logs.clear()
-    run_quickstart(tmp_path, ["llama3"], QUICK, log=logs.append)
-    cached = [line for line in logs if "cached" in line]
+    result = runner.invoke(app, command)
+    assert result.exit_code == 0, result.output
+    cached = [line for line in result.output.splitlines() if "cached" in line]
     assert any("corpus: cached" in line for line in cached)
     assert any("pretrain Llama-3.2-1B: cached" in line for line in cached)
     assert any(line.startswith("[quickstart] base:") for line in cached)
