@@ -203,6 +203,18 @@ def num_lfr_frames(extractor: FunAsrNanoFeatureExtractor, num_samples: int) -> i
     return -(-_num_fbank_frames(extractor, num_samples) // extractor.stride_lfr)
 
 
+def _extractor_fbank(extractor: FunAsrNanoFeatureExtractor, waveform: torch.Tensor) -> torch.Tensor:
+    """`kaldi_fbank` with `extractor`'s settings."""
+    return kaldi_fbank(
+        waveform,
+        num_mel_bins=extractor.feature_size,
+        frame_length_ms=extractor.frame_length,
+        frame_shift_ms=extractor.frame_shift,
+        sample_rate=extractor.sampling_rate,
+        window=extractor.window,
+    )
+
+
 def batch_features(
     extractor: FunAsrNanoFeatureExtractor,
     waveforms: Sequence[np.ndarray | torch.Tensor],
@@ -230,14 +242,7 @@ def batch_features(
             raise ValueError(f"waveforms[{i}]: {error}") from error
         rows.append(row.to(device))
     padded = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)  # (batch, max_samples)
-    fbank = kaldi_fbank(
-        padded,
-        num_mel_bins=extractor.feature_size,
-        frame_length_ms=extractor.frame_length,
-        frame_shift_ms=extractor.frame_shift,
-        sample_rate=extractor.sampling_rate,
-        window=extractor.window,
-    )  # (batch, max_frames, feature_size)
+    fbank = _extractor_fbank(extractor, padded)  # (batch, max_frames, feature_size)
     features = lfr_stack(fbank, num_frames, extractor.num_frames_lfr, extractor.stride_lfr)
     lfr_frames = torch.tensor([-(-n // extractor.stride_lfr) for n in num_frames], device=features.device)
     mask = torch.arange(features.shape[1], device=features.device) < lfr_frames[:, None]  # (batch, max_lfr_frames)
@@ -250,14 +255,7 @@ class KaldiFbankFeatureExtractor(FunAsrNanoFeatureExtractor):
     `kaldi_fbank` instead of torchaudio's, so it needs no torchaudio."""
 
     def _extract_fbank_features(self, waveform: torch.Tensor) -> torch.Tensor:
-        return kaldi_fbank(
-            waveform,
-            num_mel_bins=self.feature_size,
-            frame_length_ms=self.frame_length,
-            frame_shift_ms=self.frame_shift,
-            sample_rate=self.sampling_rate,
-            window=self.window,
-        )
+        return _extractor_fbank(self, waveform)
 
     def _apply_lfr(self, features: torch.Tensor) -> torch.Tensor:
         return lfr_stack(features[None], [features.shape[0]], self.num_frames_lfr, self.stride_lfr)[0]

@@ -146,27 +146,18 @@ class WorldLoss:
         self.softcap = getattr(model.config.text_config, "final_logit_softcapping", None)
 
     def __call__(self, model: FunAsrNanoForConditionalGeneration, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        from funasr_swap.train import supervised_states
+
         weight = model.lm_head.weight
         if weight.requires_grad:
             raise ValueError("WorldLoss needs a frozen LM head (its zero rows get no gradient); train with LoRA")
-        output = model.model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            input_features=batch["input_features"],
-            input_features_mask=batch["input_features_mask"],
-            use_cache=False,
-        )
-        targets = batch["labels"][:, 1:]  # position t predicts token t+1
-        supervised = targets != IGNORE_INDEX
+        hidden, targets = supervised_states(model, batch)
         world_targets = self.index.to(targets.device)[targets]
-        if (world_targets[supervised] < 0).any():
-            unknown = targets[supervised & (world_targets < 0)].unique().tolist()[:10]
+        if (world_targets < 0).any():
+            unknown = targets[world_targets < 0].unique().tolist()[:10]
             raise ValueError(f"WorldLoss: target token ids {unknown} are outside the LLM's world (zero rows)")
         rows = self.rows.to(weight.device)
-        return _world_cross_entropy(
-            output.last_hidden_state[:, :-1][supervised].float(), weight[rows].float(), world_targets[supervised],
-            self.n_zero, self.softcap,
-        )  # fmt: skip
+        return _world_cross_entropy(hidden.float(), weight[rows].float(), world_targets, self.n_zero, self.softcap)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -206,9 +206,11 @@ def _train_mode(model: FunAsrNanoForConditionalGeneration) -> None:
         part.train(any(p.requires_grad for p in part.parameters()))
 
 
-def supervised_loss(model: FunAsrNanoForConditionalGeneration, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean next-token cross-entropy over the supervised tokens (labels != -100), as `model(**batch).loss`, with the
-    LM head applied only at the positions whose next token is supervised."""
+def supervised_states(
+    model: FunAsrNanoForConditionalGeneration, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The LLM's last hidden states at the positions whose next token is supervised (labels != -100), (N, H), and
+    those next tokens, (N,)."""
     hidden = model.model(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
@@ -218,8 +220,15 @@ def supervised_loss(model: FunAsrNanoForConditionalGeneration, batch: dict[str, 
     ).last_hidden_state  # (B, T, H)
     targets = batch["labels"][:, 1:]  # (B, T-1): position t predicts token t+1
     supervised = targets != IGNORE_INDEX
-    logits = model.lm_head(hidden[:, :-1][supervised])  # (N, V), N supervised tokens; lm_head hooks (soft-capping) run
-    return F.cross_entropy(logits.float(), targets[supervised])
+    return hidden[:, :-1][supervised], targets[supervised]
+
+
+def supervised_loss(model: FunAsrNanoForConditionalGeneration, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy over the supervised tokens (labels != -100), as `model(**batch).loss`, with the
+    LM head applied only at the positions whose next token is supervised."""
+    hidden, targets = supervised_states(model, batch)
+    logits = model.lm_head(hidden)  # (N, V), N supervised tokens; lm_head hooks (soft-capping) run
+    return F.cross_entropy(logits.float(), targets)
 
 
 LossFunction = Callable[[FunAsrNanoForConditionalGeneration, dict[str, torch.Tensor]], torch.Tensor]
