@@ -28,7 +28,7 @@ from funasr_swap.audio import load_audio
 from tokenmap.families import detect_family
 from tokenmap.io import parse_json_object
 from tokenmap.markers import SpeechMarkers
-from tokenmap.prompt import IGNORE_INDEX, AsrTask, build_asr_prompt
+from tokenmap.prompt import IGNORE_INDEX, AsrPrompt, AsrTask, build_asr_prompt
 
 __all__ = ["TASKS", "AsrCollator", "Manifest", "Utterance", "bucket_batches", "load_manifest"]
 
@@ -191,6 +191,20 @@ class AsrCollator:
         self.sampling_rate = sampling_rate
         self.family = detect_family(processor.tokenizer)
         self.markers = SpeechMarkers(processor.audio_token, processor.audio_token_id)
+        # one rendering per (task, transcript), with one audio frame: an epoch after the first renders nothing
+        self._prompts: dict[tuple[AsrTask, str], AsrPrompt] = {}
+
+    def _prompt(self, utterance: Utterance, n_frames: int) -> AsrPrompt:
+        key = (utterance.asr_task, utterance.text)
+        if key not in self._prompts:
+            try:
+                self._prompts[key] = build_asr_prompt(
+                    self.processor.tokenizer, 1, utterance.asr_task, target=utterance.text, family=self.family,
+                    markers=self.markers, chat_template=self.processor.chat_template,
+                )  # fmt: skip
+            except ValueError as error:  # e.g. a transcript that spells a control token
+                raise ValueError(f"{utterance.audio}: {error}") from error
+        return self._prompts[key].with_audio_length(n_frames)
 
     def __call__(self, utterances: Sequence[Utterance]) -> dict[str, torch.Tensor]:
         if not utterances:
@@ -201,17 +215,7 @@ class AsrCollator:
                 waveforms, sampling_rate=self.sampling_rate, return_attention_mask=True, return_tensors="pt"
             )
         frames = features["input_features_mask"].sum(-1).tolist()  # one audio placeholder per LFR frame
-        examples = []
-        for utterance, n_frames in zip(utterances, frames):
-            try:
-                examples.append(
-                    build_asr_prompt(
-                        self.processor.tokenizer, n_frames, utterance.asr_task, target=utterance.text,
-                        family=self.family, markers=self.markers, chat_template=self.processor.chat_template,
-                    )
-                )  # fmt: skip
-            except ValueError as error:  # e.g. a transcript that spells a control token
-                raise ValueError(f"{utterance.audio}: {error}") from error
+        examples = [self._prompt(utterance, n_frames) for utterance, n_frames in zip(utterances, frames)]
         length = max(len(e.input_ids) for e in examples)
         input_ids = torch.full((len(examples), length), self.processor.tokenizer.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(examples), length), dtype=torch.long)

@@ -72,6 +72,16 @@ class AsrPrompt:
     def prompt_length(self) -> int:
         return next((i for i, label in enumerate(self.labels) if label != IGNORE_INDEX), len(self.labels))
 
+    def with_audio_length(self, n_audio_frames: int) -> AsrPrompt:
+        """The same example with `n_audio_frames` audio placeholders: what `build_asr_prompt` returns for that
+        count (the placeholder is a special token, so the text around it tokenizes alike)."""
+        if n_audio_frames < 1:
+            raise ValueError(f"n_audio_frames must be >= 1, got {n_audio_frames}")
+        start, end = self.audio_start, self.audio_start + self.audio_length
+        ids = self.input_ids[:start] + [self.input_ids[start]] * n_audio_frames + self.input_ids[end:]
+        labels = self.labels[:start] + [IGNORE_INDEX] * n_audio_frames + self.labels[end:]
+        return AsrPrompt(ids, labels, start, n_audio_frames)
+
 
 def _lit(text: str) -> str:
     """A Jinja expression that outputs `text` verbatim."""

@@ -239,6 +239,21 @@ def test_every_family_prompt_structure(family: str):
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
+def test_with_audio_length_equals_building_with_that_length(family: str):
+    tok = real_tokenizer(FAMILY_TOKENIZER[family])
+    markers = markers_for(tok, family)
+    task = AsrTask(language="en", hotwords=("zoe",))
+    one = build_asr_prompt(tok, 1, task, target="hi 你好", family=family, markers=markers)
+    for n in (1, 2, 37):
+        assert one.with_audio_length(n) == build_asr_prompt(
+            tok, n, task, target="hi 你好", family=family, markers=markers
+        )
+    assert one.with_audio_length(37).with_audio_length(3) == one.with_audio_length(3)
+    with pytest.raises(ValueError, match="n_audio_frames"):
+        one.with_audio_length(0)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
 def test_chat_template_tokenizes_to_build_asr_prompt_ids(family: str):
     """What a processor does: render the template, expand the placeholder N times, tokenize."""
     tok = real_tokenizer(FAMILY_TOKENIZER[family])
