@@ -564,22 +564,28 @@ def run_quickstart(
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     output = Path(output)
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    timings: dict[str, float] = {}
+    timings: dict[str, float] = {}  # stage -> seconds it took when it was built (this run or an earlier one)
+    built_times_file = output / "build_seconds.json"
+    built_times = json.loads(built_times_file.read_text()) if built_times_file.is_file() else {}
 
-    def timed(stage: str, began: float) -> None:
-        timings[stage] = time.perf_counter() - began
-        log(f"[quickstart] {stage}: {timings[stage]:.0f} s")
+    def timed(stage: str, key: str, began: float, built: bool) -> None:
+        if built or key not in built_times:
+            built_times[key] = time.perf_counter() - began
+            atomic_write_lines(built_times_file, [json.dumps(built_times, indent=2)])
+        timings[stage] = built_times[key]
+        log(f"[quickstart] {stage}: {timings[stage]:.0f} s" + ("" if built else " (when built)"))
 
     # 1. corpus (synthesize reuses clips; the manifests, written last, mark a complete corpus)
     began = time.perf_counter()
     corpus = output / f"corpus-{_key(config, CORPUS_FIELDS)}"
-    if (corpus / "test.jsonl").is_file():
+    corpus_cached = (corpus / "test.jsonl").is_file()
+    if corpus_cached:
         log(f"[quickstart] corpus: cached in {corpus}")
     else:
         log(f"[quickstart] synthesizing {config.utterances} utterances into {corpus}")
         synthesize(corpus, config.utterances, ("en",), seed=config.seed, progress=False)
     data = _load_corpus(corpus, config)
-    timed("corpus", began)
+    timed("corpus", corpus.name, began, built=not corpus_cached)
 
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         # 2. tiny LLMs on the copy task over the train transcripts (valid and test sentences stay unseen)
@@ -608,13 +614,13 @@ def run_quickstart(
             return llm_root / name
 
         # 3. the base, in this process, while the workers pretrain the target LLMs
+        base_llm_built = BASE_LLM in pretrainings
         base_llm = pretrained(BASE_LLM)
-        timed("base LLM pretraining", began)
+        timed("base LLM pretraining", f"{llm_root.name}/{BASE_LLM}", began, built=base_llm_built)
         began = time.perf_counter()
         base_dir = output / f"base-{_key(config, BASE_FIELDS)}"
-        log(
-            f"[quickstart] base: training in {base_dir}" + (" (cached)" if (base_dir / "result.json").is_file() else "")
-        )
+        base_cached = (base_dir / "result.json").is_file()
+        log(f"[quickstart] base: training in {base_dir}" + (" (cached)" if base_cached else ""))
         main_threads = torch.get_num_threads()
         torch.set_num_threads(threads)  # the workers' share: they pretrain meanwhile
         try:
@@ -622,17 +628,21 @@ def run_quickstart(
         finally:
             torch.set_num_threads(main_threads)
         log(f"[quickstart] base: test CER {runs[0].test_cer:.1%}")
-        timed("base (target LLMs pretrained beside it)", began)
+        timed("base (target LLMs pretrained beside it)", base_dir.name, began, built=not base_cached)
 
         # 4. swaps, bridge and fresh, side by side
         began = time.perf_counter()
-        swaps = {}
+        swaps, swaps_cached = {}, True
         for family in families:
             llm_folder = pretrained(FAMILY_LLMS[family])
             for strategy in ("bridge", "fresh"):
                 folder = output / f"swap-{_key(config, SWAP_FIELDS, family, strategy)}"
-                cached = " (cached)" if (folder / "result.json").is_file() else ""
-                log(f"[quickstart] {family} {strategy}: adaptor retraining in {folder}{cached}")
+                cached = (folder / "result.json").is_file()
+                swaps_cached &= cached
+                log(
+                    f"[quickstart] {family} {strategy}: adaptor retraining in {folder}"
+                    + (" (cached)" if cached else "")
+                )
                 swaps[family, strategy] = pool.submit(
                     _in_worker, folder / "log.txt", threads, _train_swap, base_dir / "final", llm_folder, family,
                     strategy, folder, corpus, config,
@@ -640,7 +650,7 @@ def run_quickstart(
         for (family, strategy), future in swaps.items():
             runs.append(future.result())
             log(f"[quickstart] {family} {strategy}: test CER {runs[-1].start_cer:.1%} -> {runs[-1].test_cer:.1%}")
-        timed("swaps", began)
+        timed("swaps", f"swaps-{_key(config, SWAP_FIELDS, *families)}", began, built=not swaps_cached)
 
     report = _write_report(output, config, data, runs, timings)
     log(f"[quickstart] report: {report}")
@@ -689,8 +699,8 @@ def _write_report(
         )
     if comparisons:
         lines += ["", "Bridge vs fresh (same data, steps and seed):", "", *comparisons]
-    lines += ["", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {stage} | {seconds:.0f} |" for stage, seconds in timings.items()]
+    lines += ["", "| stage | seconds to build |", "|---|---|"]
+    lines += [f"| {stage} | {seconds:.0f} |" for stage, seconds in timings.items()]  # as built, cached or not
     lines += [f"| total | {sum(timings.values()):.0f} |", "", "![validation CER](cer.png)", ""]
     lines += ["Settings: `" + json.dumps(dataclasses.asdict(config)) + "`"]
     _plot_cer(runs, output / "cer.png")

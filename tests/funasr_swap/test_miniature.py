@@ -109,6 +109,7 @@ def test_quickstart_writes_report_and_reuses_its_cache(tmp_path):
     assert (tmp_path / "cer.png").stat().st_size > 0
     assert len(list(tmp_path.glob("base-*/final/config.json"))) == 1
     assert len(list(tmp_path.glob("swap-*/result.json"))) == 2
+    total = [line for line in text.splitlines() if line.startswith("| total |")]
 
     result = runner.invoke(app, command)
     assert result.exit_code == 0, result.output
@@ -119,3 +120,4 @@ def test_quickstart_writes_report_and_reuses_its_cache(tmp_path):
     assert sum("adaptor retraining" in line for line in cached) == 2
     assert len(list(tmp_path.glob("swap-*/result.json"))) == 2  # nothing new
     assert report.read_text().count("| llama3 bridge |") == 1
+    assert [line for line in report.read_text().splitlines() if line.startswith("| total |")] == total  # build times
