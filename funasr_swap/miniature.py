@@ -94,6 +94,7 @@ class MiniatureConfig:
     base_lr: float = 2e-3
     base_eval_every: int = 300
     lora_rank: int = 16
+    adaptor_ctc_weight: float = 0.0  # `adaptor_ctc_loss` beside the LLM's loss in the adaptor retraining
     adaptor_lora_rank: int = 0  # LoRA on the swapped LLM beside the adaptor; 0: the adaptor alone
     adaptor_steps: int = 250
     adaptor_lr: float = 4e-3
@@ -127,15 +128,39 @@ def _world_cross_entropy(
     return F.cross_entropy(torch.cat([logits, zero_rows], dim=1), targets)
 
 
+CTC_SCALE = 20.0  # the CTC logit of token t at a frame whose adaptor output is e_t; the blank's is half
+
+
+def adaptor_ctc_loss(
+    audio: torch.Tensor, lengths: torch.Tensor, embeddings: torch.Tensor, targets: list[torch.Tensor]
+) -> torch.Tensor:
+    """CTC loss of the adaptor's output frames against each utterance's transcript tokens, a frame read as the LLM
+    reads it: frame h scores token t by how much of t's embedding e_t it holds (`CTC_SCALE` h.e_t / |e_t|^2), the
+    CTC blank scores `CTC_SCALE / 2`. It pulls the adaptor's frames onto the LLM's token embeddings, in order, which
+    is what a copy-task LLM reads: a direct signal where the LLM's loss alone reaches the adaptor through a frozen
+    LLM that ignores what it cannot read yet.
+
+    audio: (N, H) the adaptor's outputs at the valid frames of all utterances, in order (FunAsrNano's
+    `audio_hidden_states`); lengths: (B,) frames per utterance; embeddings: (K, H) the LLM's input embeddings of
+    the world tokens; targets: B tensors of indices into them.
+    """
+    scores = CTC_SCALE * (audio.float() @ embeddings.float().T) / embeddings.float().pow(2).sum(1)  # (N, K)
+    logits = torch.cat([scores, torch.full_like(scores[:, :1], CTC_SCALE / 2)], dim=1)  # blank: the last class
+    log_probs = torch.nn.utils.rnn.pad_sequence(list(logits.log_softmax(-1).split(lengths.tolist())))  # (T, B, K+1)
+    target_lengths = torch.tensor([len(t) for t in targets])
+    return F.ctc_loss(log_probs, torch.cat(targets), lengths, target_lengths, blank=len(embeddings), zero_infinity=True)
+
+
 class WorldLoss:
     """`funasr_swap.train.supervised_loss` for a model whose LM head is zero outside its world rows, computed
-    exactly over the world rows only (the module docstring says why).
+    exactly over the world rows only (the module docstring says why), plus `ctc_weight` times `adaptor_ctc_loss`
+    against the transcript (the answer without its end of turn).
 
     The rows are read from the LM head once; it must stay frozen (adaptor, encoder or LoRA training), since
     gradients of the zero rows are not computed.
     """
 
-    def __init__(self, model: FunAsrNanoForConditionalGeneration):
+    def __init__(self, model: FunAsrNanoForConditionalGeneration, ctc_weight: float = 0.0):
         weight = model.lm_head.weight
         self.rows = (weight != 0).any(dim=1).nonzero()[:, 0]  # (K,)
         self.n_zero = weight.shape[0] - len(self.rows)
@@ -144,6 +169,7 @@ class WorldLoss:
         self.index = torch.full((weight.shape[0],), -1, dtype=torch.long)  # vocabulary id -> world row
         self.index[self.rows] = torch.arange(len(self.rows))
         self.softcap = getattr(model.config.text_config, "final_logit_softcapping", None)
+        self.ctc_weight = ctc_weight
 
     def __call__(self, model: FunAsrNanoForConditionalGeneration, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         from funasr_swap.train import supervised_states
@@ -151,13 +177,20 @@ class WorldLoss:
         weight = model.lm_head.weight
         if weight.requires_grad:
             raise ValueError("WorldLoss needs a frozen LM head (its zero rows get no gradient); train with LoRA")
-        hidden, targets = supervised_states(model, batch)
+        hidden, targets, audio = supervised_states(model, batch)
         world_targets = self.index.to(targets.device)[targets]
         if (world_targets < 0).any():
             unknown = targets[world_targets < 0].unique().tolist()[:10]
             raise ValueError(f"WorldLoss: target token ids {unknown} are outside the LLM's world (zero rows)")
         rows = self.rows.to(weight.device)
-        return _world_cross_entropy(hidden.float(), weight[rows].float(), world_targets, self.n_zero, self.softcap)
+        loss = _world_cross_entropy(hidden.float(), weight[rows].float(), world_targets, self.n_zero, self.softcap)
+        if not self.ctc_weight:
+            return loss
+        answers = world_targets.split((batch["labels"][:, 1:] != IGNORE_INDEX).sum(1).tolist())
+        transcripts = [answer[:-1] for answer in answers]  # the end of turn is not spoken
+        embeddings = model.get_input_embeddings().weight[rows]
+        frames = batch["input_features_mask"].sum(1)
+        return loss + self.ctc_weight * adaptor_ctc_loss(audio, frames, embeddings, transcripts)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -400,6 +433,7 @@ def _train_and_test(
     data: dict[str, list],
     train_config,
     start_cer: float | None,
+    ctc_weight: float = 0.0,
 ) -> RunResult:
     """`funasr_swap.train.train` with the world loss, then the test CER; cached as `result.json` in the run folder
     (a finished run is read back, an interrupted one resumes from its checkpoint)."""
@@ -420,7 +454,7 @@ def _train_and_test(
 
     began = time.perf_counter()
     result = train(
-        model, processor, data["train"], data["valid"], train_config, resume=True, loss_fn=WorldLoss(model),
+        model, processor, data["train"], data["valid"], train_config, resume=True, loss_fn=WorldLoss(model, ctc_weight),
         on_step=count_trainable,
     )  # fmt: skip
     seconds = time.perf_counter() - began
@@ -492,15 +526,9 @@ def _train_swap(
         trainable_token_ids=tuple(swapped.report.added_token_ids), lora=_lora(config.adaptor_lora_rank),
     )  # fmt: skip
     run = _train_and_test(
-        f"{family} {strategy}",
-        name,
-        strategy,
-        swapped.model,
-        swapped.processor,
-        data,
-        train_config,
-        start,
-    )
+        f"{family} {strategy}", name, strategy, swapped.model, swapped.processor, data, train_config, start,
+        config.adaptor_ctc_weight,
+    )  # fmt: skip
     atomic_write_lines(folder / "SWAP_REPORT.md", [swapped.report.to_markdown()])
     return run
 
@@ -527,7 +555,14 @@ BASE_FIELDS = (
     *LLM_FIELDS, "valid_utterances", "encoder_hidden", "encoder_layers", "encoder_heads", "projector_hidden",
     "base_steps", "base_lr", "base_eval_every", "lora_rank", "batch_size", "warmup_steps",
 )  # fmt: skip
-SWAP_FIELDS = (*BASE_FIELDS, "adaptor_steps", "adaptor_lr", "adaptor_eval_every", "adaptor_lora_rank")
+SWAP_FIELDS = (
+    *BASE_FIELDS,
+    "adaptor_steps",
+    "adaptor_lr",
+    "adaptor_eval_every",
+    "adaptor_lora_rank",
+    "adaptor_ctc_weight",
+)
 
 
 def _key(config: MiniatureConfig, fields: Sequence[str], *extra: str) -> str:

@@ -208,25 +208,25 @@ def _train_mode(model: FunAsrNanoForConditionalGeneration) -> None:
 
 def supervised_states(
     model: FunAsrNanoForConditionalGeneration, batch: dict[str, torch.Tensor]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The LLM's last hidden states at the positions whose next token is supervised (labels != -100), (N, H), and
-    those next tokens, (N,)."""
-    hidden = model.model(
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The LLM's last hidden states at the positions whose next token is supervised (labels != -100), (N, H), those
+    next tokens, (N,), row by row, and the adaptor's outputs at the valid audio frames, (M, H), row by row."""
+    output = model.model(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
         input_features=batch["input_features"],
         input_features_mask=batch["input_features_mask"],
         use_cache=False,
-    ).last_hidden_state  # (B, T, H)
+    )
     targets = batch["labels"][:, 1:]  # (B, T-1): position t predicts token t+1
     supervised = targets != IGNORE_INDEX
-    return hidden[:, :-1][supervised], targets[supervised]
+    return output.last_hidden_state[:, :-1][supervised], targets[supervised], output.audio_hidden_states
 
 
 def supervised_loss(model: FunAsrNanoForConditionalGeneration, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean next-token cross-entropy over the supervised tokens (labels != -100), as `model(**batch).loss`, with the
     LM head applied only at the positions whose next token is supervised."""
-    hidden, targets = supervised_states(model, batch)
+    hidden, targets, _ = supervised_states(model, batch)
     logits = model.lm_head(hidden)  # (N, V), N supervised tokens; lm_head hooks (soft-capping) run
     return F.cross_entropy(logits.float(), targets)
 

@@ -15,6 +15,7 @@ from funasr_swap.miniature import (
     QUICK,
     WorldLoss,
     _world_cross_entropy,
+    adaptor_ctc_loss,
     build_base,
     pretrain_llm,
 )
@@ -43,6 +44,24 @@ def test_world_cross_entropy_equals_the_full_vocabulary_loss(softcap):
         hidden, weight[world], torch.tensor([index[t] for t in targets.tolist()]), vocabulary - len(world), softcap
     )
     torch.testing.assert_close(compact, full)
+
+
+def test_adaptor_ctc_loss_is_low_for_token_embeddings_among_silence():
+    torch.manual_seed(0)
+    embeddings = torch.randn(20, 16)
+    transcripts = [torch.tensor([3, 7, 7, 12]), torch.tensor([5, 1])]
+    silence = torch.zeros(2, 16)  # between tokens (the repeated 7 needs it)
+    spoken = [
+        torch.cat([silence, *[torch.cat([embeddings[t : t + 1], silence]) for t in row.tolist()]])
+        for row in transcripts
+    ]
+    lengths = torch.tensor([len(frames) for frames in spoken])
+    aligned = adaptor_ctc_loss(torch.cat(spoken), lengths, embeddings, transcripts)
+    assert aligned < 0.1
+    wrong = [torch.tensor([4, 8, 8, 13]), torch.tensor([6, 2])]
+    assert adaptor_ctc_loss(torch.cat(spoken), lengths, embeddings, wrong) > 10 * aligned
+    silent = torch.zeros(int(lengths.sum()), 16)
+    assert adaptor_ctc_loss(silent, lengths, embeddings, transcripts) > 10 * aligned
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +103,7 @@ def test_world_loss_equals_the_trainer_loss_on_the_base(qwen3_llm, tmp_path):
     model.requires_grad_(False)
     with torch.no_grad():
         torch.testing.assert_close(WorldLoss(model)(model, batch), supervised_loss(model, batch))
+        assert WorldLoss(model, ctc_weight=0.5)(model, batch) > supervised_loss(model, batch)
     model.lm_head.weight.requires_grad_(True)
     with pytest.raises(ValueError, match="frozen LM head"):
         WorldLoss(model)(model, batch)
