@@ -84,7 +84,7 @@ TARGET_CER = 0.15
 
 @dataclass(frozen=True)
 class MiniatureConfig:
-    """Sizes, steps and rates of the miniature world (defaults: the quickstart, ~15 minutes on 2 cores)."""
+    """Sizes, steps and rates of the miniature world (defaults: the quickstart, ~28 minutes on 2 cores)."""
 
     utterances: int = 4000  # English clips; 5% valid, 5% test
     valid_utterances: int = 100  # of the valid split, scored during training (test: the whole split, at the end)
@@ -763,7 +763,7 @@ def _plot_cer(runs: list[RunResult], path: Path) -> None:
         style = "--" if run.strategy == "fresh" else "-"
         ax.plot([r["step"] for r in points], [r["valid/cer"] for r in points], style, marker="o", markersize=3,
                 label=run.name)  # fmt: skip
-    for ax, title in ((ax_base, "base (joint)"), (ax_swap, "swaps (adaptor only)")):
+    for ax, title in ((ax_base, "base (joint)"), (ax_swap, "swaps (adaptor retraining)")):
         ax.axhline(TARGET_CER, color="grey", linewidth=0.8)
         ax.set(xlabel="step", ylabel="validation CER", title=title, ylim=(0, None))
         ax.legend(fontsize=8)
