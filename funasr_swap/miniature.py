@@ -251,10 +251,9 @@ def _copy_data(
     answers = []
     for text in texts:
         prompt = build_asr_prompt(tokenizer, 1, target=text, family=family, markers=markers)
-        start = len(prompt.labels) - sum(label != IGNORE_INDEX for label in prompt.labels)
-        answers.append(prompt.input_ids[start:])
+        answers.append(prompt.input_ids[prompt.prompt_length :])
     slot = prompt.audio_start
-    return _CopyPrompt(prompt.input_ids[:slot], prompt.input_ids[slot + 1 : start]), answers
+    return _CopyPrompt(prompt.input_ids[:slot], prompt.input_ids[slot + 1 : prompt.prompt_length]), answers
 
 
 def _pad(examples: list[tuple[list[int], list[int]]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -430,6 +429,12 @@ def _load_corpus(folder: Path, config: MiniatureConfig) -> dict[str, list]:
     return data
 
 
+def _cached_run(folder: Path) -> RunResult | None:
+    """The result of a finished run in `folder` (its `result.json`), or None."""
+    cached = folder / "result.json"
+    return RunResult(**json.loads(cached.read_text())) if cached.is_file() else None
+
+
 def _train_and_test(
     name: str,
     llm: str,
@@ -445,9 +450,8 @@ def _train_and_test(
     (a finished run is read back, an interrupted one resumes from its checkpoint)."""
     from funasr_swap.train import evaluate, train
 
-    cached = train_config.output_dir / "result.json"
-    if cached.is_file():
-        return RunResult(**json.loads(cached.read_text()))
+    if (run := _cached_run(train_config.output_dir)) is not None:
+        return run
     trainable = []
 
     def count_trainable(step: int, loss: float) -> None:  # once the trainer has set what trains (LoRA included)
@@ -469,7 +473,7 @@ def _train_and_test(
         name, llm, strategy, trainable[0] if trainable else 0, result.step, seconds, start_cer, test["cer"],
         test["wer"], result.history,
     )  # fmt: skip
-    atomic_write_lines(cached, [json.dumps(dataclasses.asdict(run))])
+    atomic_write_lines(train_config.output_dir / "result.json", [json.dumps(dataclasses.asdict(run))])
     return run
 
 
@@ -494,7 +498,6 @@ def _lora(rank: int):
 
 def _train_base(folder: Path, llm_folder: Path, data: dict[str, list], config: MiniatureConfig) -> RunResult:
     """The base trained jointly: encoder, adaptor and LoRA on the LLM (the LM head stays frozen: `WorldLoss`)."""
-
     model, processor = build_base(llm_folder, config)
     train_config = _train_config(
         folder, config.base_steps, config.base_lr, config.base_eval_every, config, unfreeze_encoder=True,
@@ -508,18 +511,18 @@ def _train_swap(
     config: MiniatureConfig,
 ) -> RunResult:  # fmt: skip
     """Swap the trained base's LLM for `family`'s pretrained tiny LLM and retrain the adaptor (encoder and LLM
-    frozen); a top-level function, so that it can run in a worker process."""
+    frozen; `config` may add LoRA on the LLM and the CTC loss); a top-level function, so that it can run in a worker
+    process."""
     from funasr_swap.convert import load_base
     from funasr_swap.llms import get_llm
     from funasr_swap.swap import swap_llm
     from funasr_swap.train import evaluate
     from tokenmap.families import get_family
 
+    if (run := _cached_run(folder)) is not None:  # before the swap and its test score
+        return run
     name = FAMILY_LLMS[family]
     data = _load_corpus(corpus, config)
-    cached = folder / "result.json"
-    if cached.is_file():
-        return RunResult(**json.loads(cached.read_text()))
     markers = "reuse" if get_family(get_llm(name).family).unused_special else "add"
     base, processor = load_base(base_folder)
     with warnings.catch_warnings():

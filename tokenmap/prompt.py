@@ -244,7 +244,5 @@ def build_asr_prompt(
             raise RuntimeError(f"the {fam.name} template's answer turn does not extend its generation prompt")
         answer = full[len(prompt) :]
         target_ids = answer[: answer.index(end_id) + 1]
-    audio_start = prompt.index(placeholder_id)
-    ids = prompt[:audio_start] + [placeholder_id] * n_audio_frames + prompt[audio_start + 1 :]
-    labels = [IGNORE_INDEX] * len(ids) + target_ids
-    return AsrPrompt(ids + target_ids, labels, audio_start, n_audio_frames)
+    labels = [IGNORE_INDEX] * len(prompt) + target_ids
+    return AsrPrompt(prompt + target_ids, labels, prompt.index(placeholder_id), 1).with_audio_length(n_audio_frames)
