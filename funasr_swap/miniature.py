@@ -456,11 +456,7 @@ def _train_and_test(
 
     def count_trainable(step: int, loss: float) -> None:  # once the trainer has set what trains (LoRA included)
         if not trainable:
-            embedding = model.get_input_embeddings().weight  # trains only in its added-marker rows (masked)
-            rows = len(train_config.trainable_token_ids) * embedding.shape[1] if embedding.requires_grad else 0
-            trainable.append(
-                rows + sum(p.numel() for p in model.parameters() if p.requires_grad and p is not embedding)
-            )
+            trainable.append(sum(p.numel() for p in model.parameters() if p.requires_grad))
 
     began = time.perf_counter()
     result = train(

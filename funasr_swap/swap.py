@@ -237,7 +237,7 @@ def swap_llm(
         audio_token=speech.placeholder,
     )
     swapped.generation_config = generation_config(tokenizer, family)
-    set_trainable(swapped, list(speech.added_ids))
+    set_trainable(swapped)
 
     report = SwapReport(
         source_llm=source_spec.name if source_spec else f"{old.text_config.model_type} ({source_family.name})",
@@ -263,14 +263,8 @@ def swap_llm(
     return SwappedModel(swapped, new_processor, report)
 
 
-def set_trainable(model: FunAsrNanoForConditionalGeneration, trainable_token_ids: list[int] = ()) -> None:
-    """Freeze everything but the adaptor; with `trainable_token_ids`, the input embedding rows of those tokens (added
-    speech markers) train too: the embedding matrix gets gradients, masked to those rows by a hook."""
+def set_trainable(model: FunAsrNanoForConditionalGeneration) -> None:
+    """Freeze everything but the adaptor. Rows of added speech markers (`SwapReport.added_token_ids`) train through
+    `funasr_swap.train.setup_trainable`, as peft's trainable tokens: a few rows, not the whole embedding matrix."""
     model.requires_grad_(False)
     model.model.multi_modal_projector.requires_grad_(True)
-    if trainable_token_ids:
-        weight = model.get_input_embeddings().weight
-        weight.requires_grad_(True)
-        mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
-        mask[list(trainable_token_ids)] = 1
-        weight.register_hook(lambda grad: grad * mask.to(grad.device, grad.dtype))

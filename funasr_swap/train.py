@@ -4,7 +4,7 @@
                     -> save_checkpoint every `save_every` steps -> final `save_pretrained` folder
 
 What trains (`setup_trainable`): the adaptor, plus the input-embedding rows of added speech markers
-(`trainable_token_ids`, gradient-masked by `funasr_swap.swap.set_trainable`); optionally the encoder
+(`trainable_token_ids`, as peft's trainable tokens); optionally the encoder
 (`unfreeze_encoder`), the whole LLM (`train_llm`, for the miniature base's joint training) or LoRA adapters on the
 LLM (`lora`, peft). Frozen parameters have `requires_grad=False` (no weight gradients, no optimizer state) and the
 parts with nothing to train run in eval mode, as funasr runs its frozen encoder and LLM (no dropout noise there).
@@ -167,29 +167,45 @@ class TrainResult:
 
 
 def setup_trainable(model: FunAsrNanoForConditionalGeneration, config: TrainConfig) -> nn.Module | None:
-    """Set `requires_grad` from `config` (module docstring); returns peft's LoRA model when `config.lora` is set
-    (its `merge_and_unload()` folds the adapters into the LLM in place)."""
-    lora_model = None
-    if config.lora is not None:
-        from peft import LoraConfig, LoraModel
+    """Set `requires_grad` from `config` (module docstring); returns the peft model injected into the LLM (LoRA
+    adapters and/or the trainable marker rows), whose `merge_and_unload()` folds them into its weights in place, or
+    None when there is none.
 
+    Marker rows train as peft's trainable tokens: a (rows, hidden) parameter in place of the embedding's rows.
+    Training the whole embedding with its gradient masked cost a dense gradient, AdamW state and update over every
+    row (DeepSeek-V2: 102k) for two markers; in the miniature world that was half of every step.
+    """
+    from peft import LoraConfig, LoraModel, TrainableTokensConfig, TrainableTokensModel
+
+    llm = model.model.language_model
+    token_ids = [] if config.train_llm else list(config.trainable_token_ids)
+    adapters = None
+    if config.lora is not None:
         lora = config.lora
         peft_config = LoraConfig(
-            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules)
-        )
-        # injects the adapters into the LLM's modules in place; FunAsrNano keeps the same language_model object
-        lora_model = LoraModel(model.model.language_model, peft_config, "default")
+            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules),
+            trainable_token_indices=token_ids or None,
+        )  # fmt: skip
+        # injects into the LLM's modules in place; FunAsrNano keeps the same language_model object
+        adapters = LoraModel(llm, peft_config, "default")
+    elif token_ids:
+        adapters = TrainableTokensModel(llm, TrainableTokensConfig(token_indices=token_ids), "default")
     # peft only set flags inside the LLM; these set them for the whole model, the adapters last
-    set_trainable(model, [] if config.train_llm else list(config.trainable_token_ids))
+    set_trainable(model)
     if config.unfreeze_encoder:
         model.model.audio_tower.requires_grad_(True)
     if config.train_llm:
-        model.model.language_model.requires_grad_(True)
+        llm.requires_grad_(True)
         model.lm_head.requires_grad_(True)
     for name, parameter in model.named_parameters():
-        if "lora_" in name:
+        if _is_adapter(name):
             parameter.requires_grad_(True)
-    return lora_model
+    return adapters
+
+
+def _is_adapter(name: str) -> bool:
+    """Whether a parameter is peft's: LoRA matrices or trainable token rows."""
+    return "lora_" in name or "trainable_tokens_delta" in name
 
 
 def added_token_ids(model_dir: str | Path) -> tuple[int, ...]:
@@ -249,9 +265,10 @@ class _LossModule(nn.Module):
 def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     embedding = model.get_input_embeddings().weight
     decay, no_decay = [], []
-    for parameter in model.parameters():  # each shared (tied) parameter once
+    for name, parameter in model.named_parameters():  # each shared (tied) parameter once
         if parameter.requires_grad:
-            (no_decay if parameter.ndim < 2 or parameter is embedding else decay).append(parameter)
+            embedding_rows = parameter is embedding or "trainable_tokens_delta" in name
+            (no_decay if parameter.ndim < 2 or embedding_rows else decay).append(parameter)
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr)
 
@@ -538,7 +555,7 @@ def train(
 
     # setup: what trains, the DDP-wrapped loss, optimizer and schedule, the data order
     fill_gaps(model)  # a model loaded with stock transformers needs them (idempotent)
-    lora_model = setup_trainable(model, config)
+    adapters = setup_trainable(model, config)
     for parameter in model.parameters():  # fp32 master weights for what trains; frozen weights keep their dtype
         if parameter.requires_grad and parameter.dtype != torch.float32:
             parameter.data = parameter.data.float()
@@ -649,10 +666,10 @@ def train(
             on_step(step, loss_value)
     bar.close()
 
-    # the final model: LoRA merged, so the folder is a stock FunAsrNano one
+    # the final model: adapters (LoRA, marker rows) merged, so the folder is a stock FunAsrNano one
     model.eval()
-    if lora_model is not None:
-        lora_model.merge_and_unload()
+    if adapters is not None:
+        adapters.merge_and_unload()
     final = out / FINAL_DIR
     history = _read_log(log_path) if main else []
     if main:

@@ -154,14 +154,15 @@ def test_lora_and_train_llm_exclude_each_other(tmp_path):
         TrainConfig(output_dir=tmp_path, lora=LoraSettings(), train_llm=True)
 
 
-def test_marker_rows_train_and_other_rows_stay(tmp_path, utterances):
+@pytest.mark.parametrize("lora", [None, LoraSettings(r=4)], ids=["adaptor", "lora"])
+def test_marker_rows_train_and_other_rows_stay(tmp_path, utterances, lora):
     model, processor = tiny_base()
     marker = processor.tokenizer.convert_tokens_to_ids("<|im_start|>")  # a prompt token: its row gets gradients
     before = model.get_input_embeddings().weight.detach().clone()
     encoder = {k: v.clone() for k, v in model.model.audio_tower.state_dict().items()}
     config = TrainConfig(
         output_dir=tmp_path, max_steps=2, batch_size=4, lr=1e-2, warmup_steps=0, weight_decay=0.1, eval_every=0,
-        save_every=0, trainable_token_ids=(marker,),
+        save_every=0, trainable_token_ids=(marker,), lora=lora,
     )  # fmt: skip
     unmeasured = [dataclasses.replace(u, duration=None) for u in utterances["train"]]  # read from the files
     train(model, processor, unmeasured, None, config)
@@ -169,10 +170,13 @@ def test_marker_rows_train_and_other_rows_stay(tmp_path, utterances):
     changed = (after != before).any(dim=1).nonzero().flatten().tolist()
     assert changed == [marker]  # weight decay did not shrink the frozen rows either
     assert all(torch.equal(v, model.model.audio_tower.state_dict()[k]) for k, v in encoder.items())
-    # the checkpoint holds the embedding (for its marker rows) and the adaptor
+    # the checkpoint holds the marker row (peft's trainable tokens, not the whole embedding) and the adaptor
     weights = load_file(latest_checkpoint(tmp_path) / "model.safetensors")
-    assert "model.language_model.embed_tokens.weight" in weights
+    rows = {k: v for k, v in weights.items() if k.startswith("model.language_model.") and "lora_" not in k}
+    assert [tuple(v.shape) for v in rows.values()] == [(1, after.shape[1])]
     assert {k.split(".")[1] for k in weights} == {"language_model", "multi_modal_projector"}
+    # the final model is a stock one: rows merged into a plain embedding
+    assert type(model.get_input_embeddings()) is torch.nn.Embedding
 
 
 def test_added_token_ids_come_from_the_swap_report(tmp_path):
