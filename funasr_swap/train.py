@@ -12,6 +12,11 @@ parts with nothing to train run in eval mode, as funasr runs its frozen encoder 
 The loss is the model's own next-token cross-entropy, but the LM head runs only at the supervised positions
 (`supervised_loss`): with a 150k-256k vocabulary, logits of the prompt and the audio frames are most of the step.
 
+Runs of many epochs over a corpus that fits in memory can skip the repeated audio work (`audio_cache`): "features"
+keeps each clip's fbank features after its first batch; "encoder", with a frozen encoder, keeps its outputs, which
+then stand in for it in every step (`funasr_swap.data.precomputed_audio`). In the miniature world's adaptor
+retraining that removed the audio reading, fbank and encoder passes, about 40% of a step.
+
 Precision: bf16 autocast on CUDA, fp32 on CPU. Trainable parameters are fp32 (master weights); frozen ones keep the
 dtype they were loaded in, so on a GPU the frozen LLM can stay in bf16 (the CLI loads it so: Qwen3-8B then takes
 16 GB, not 32). On CPU, where there is no autocast, load the model in fp32.
@@ -60,7 +65,7 @@ from tqdm.auto import tqdm
 from transformers import FunAsrNanoForConditionalGeneration, FunAsrNanoProcessor, get_cosine_schedule_with_warmup
 
 from funasr_swap.compat import fill_gaps
-from funasr_swap.data import AsrCollator, Utterance, bucket_batches
+from funasr_swap.data import AsrCollator, Utterance, bucket_batches, precomputed_audio
 from funasr_swap.metrics import cer, wer
 from funasr_swap.swap import read_swap_report, set_trainable
 from funasr_swap.transcribe import transcribe
@@ -94,8 +99,9 @@ RNG_FILE = "rng.pt"  # one RNG state per process
 STATE_FILE = "trainer_state.json"  # step, data position, world size, config
 # Config fields a resumed run may change; any other change would not continue the same run.
 RESUMABLE_CHANGES = frozenset(
-    "output_dir max_steps eval_every save_every keep_last log_samples num_workers eval_batch_size".split()
+    "output_dir max_steps eval_every save_every keep_last log_samples num_workers eval_batch_size audio_cache".split()
 )
+AUDIO_CACHES = ("none", "features", "encoder")
 
 
 @dataclass(frozen=True)
@@ -132,6 +138,9 @@ class TrainConfig:
     log_samples: int = 3  # reference/hypothesis pairs printed and logged per evaluation
     num_workers: int = 0  # DataLoader processes collating batches (audio reading, fbank); 0: in the main process
     eval_batch_size: int = 16
+    # keep each utterance's audio inputs in memory after its first batch (AsrCollator's cache): "features" (fbank +
+    # LFR), "encoder" (the frozen encoder's outputs, which then stand in for it in the steps), or "none"
+    audio_cache: str = "none"
 
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir)
@@ -141,6 +150,16 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.lora is not None and self.train_llm:
             raise ValueError("TrainConfig: lora and train_llm both train the LLM; choose one")
+        if self.audio_cache not in AUDIO_CACHES:
+            choices = ", ".join(AUDIO_CACHES)
+            raise ValueError(f"TrainConfig.audio_cache must be one of {choices}, got {self.audio_cache!r}")
+        if self.audio_cache == "encoder" and self.unfreeze_encoder:
+            raise ValueError("TrainConfig: audio_cache 'encoder' keeps the encoder's outputs: it needs it frozen")
+        if self.audio_cache != "none" and self.num_workers:
+            raise ValueError(
+                f"TrainConfig: audio_cache {self.audio_cache!r} needs num_workers 0 (each DataLoader worker would keep "
+                f"its own cache), got {self.num_workers}"
+            )
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self), default=str))
@@ -584,10 +603,11 @@ def train(
         atomic_write_lines(log_path, [json.dumps(r) for r in _read_log(log_path, up_to_step=step)])
     accelerator.wait_for_everyone()
 
+    encoder = model.model.audio_tower if config.audio_cache == "encoder" else None  # frozen by setup_trainable
     loader = DataLoader(
         train_data,
         batch_sampler=plan.stream(position, accelerator.process_index, accelerator.num_processes),
-        collate_fn=AsrCollator(processor),
+        collate_fn=AsrCollator(processor, cache=config.audio_cache != "none", encoder=encoder),
         num_workers=config.num_workers,
         generator=torch.Generator().manual_seed(config.seed),  # its iterator draws a seed: not from the global RNG
     )
@@ -623,7 +643,10 @@ def train(
             batch = {k: v.to(accelerator.device) for k, v in next(batches).items()}
             # gradients are all-reduced once per step: on the last micro-batch
             sync = micro == config.grad_accum - 1
-            with contextlib.nullcontext() if sync else accelerator.no_sync(loss_module):
+            with (
+                contextlib.nullcontext() if sync else accelerator.no_sync(loss_module),
+                precomputed_audio(model) if encoder is not None else contextlib.nullcontext(),
+            ):
                 loss = loss_module(batch)
                 accelerator.backward(loss / config.grad_accum)
             losses.append(loss.detach())

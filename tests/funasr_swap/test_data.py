@@ -12,8 +12,9 @@ import pytest
 import soundfile
 import torch
 
+import funasr_swap.data
 from funasr_swap.base import tiny_base
-from funasr_swap.data import AsrCollator, Utterance, bucket_batches, load_manifest
+from funasr_swap.data import AsrCollator, Utterance, bucket_batches, load_manifest, precomputed_audio
 from funasr_swap.swap import swap_llm
 from tokenmap.families import detect_family
 from tokenmap.prompt import IGNORE_INDEX
@@ -251,3 +252,55 @@ def test_collator_errors_name_the_problem(base, clips):
         collator([Utterance(clips[0], "done <|im_end|>")])
     with pytest.raises(ValueError, match="sampling_rate 8000 != the feature extractor's 16000"):
         AsrCollator(processor, sampling_rate=8000)
+
+
+def _counting_reads(monkeypatch) -> list[Path]:
+    """Record every audio file the collator reads."""
+    reads, load = [], funasr_swap.data.load_audio
+
+    def counted(path, rate):
+        reads.append(Path(path))
+        return load(path, rate)
+
+    monkeypatch.setattr(funasr_swap.data, "load_audio", counted)
+    return reads
+
+
+def test_cached_features_are_read_once_and_equal_the_uncached(base, clips, monkeypatch):
+    _, processor = base
+    reads = _counting_reads(monkeypatch)
+    utterances = [Utterance(clips[0], "the red cat"), Utterance(clips[1], "two books")]
+    expected = AsrCollator(processor)(utterances)
+    cached = AsrCollator(processor, cache=True)
+    first = cached(utterances[:1])
+    second = cached(utterances[::-1] + utterances[:1])  # one new clip, one cached, one repeated in the batch
+    assert reads == [clips[0], clips[1], clips[0], clips[1]]  # the uncached collator's two, then each clip once
+    assert torch.equal(first["input_features"][0], expected["input_features"][0])
+    for key, value in expected.items():  # batch rows in another order: the same rows
+        assert torch.equal(second[key][[1, 0]], value), key
+    assert torch.equal(second["input_features"][2], expected["input_features"][0])
+
+
+def test_encoder_outputs_stand_in_for_the_encoder(base, clips):
+    model, processor = base
+    utterances = [Utterance(clips[0], "the red cat"), Utterance(clips[1], "two books")]
+    batch = AsrCollator(processor)(utterances)
+    training = model.training
+    model.requires_grad_(False)
+    model.eval()
+    try:
+        collator = AsrCollator(processor, cache=True, encoder=model.model.audio_tower)
+        precomputed = collator(utterances)
+        assert precomputed["input_features"].shape[-1] == model.config.audio_config.hidden_size
+        assert torch.equal(precomputed["input_features_mask"], batch["input_features_mask"])
+        with torch.no_grad():
+            expected = model(**batch).loss
+            with precomputed_audio(model):
+                loss = model(**precomputed).loss
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+        assert model.model.audio_tower is collator.encoder  # the tower is back after the block
+    finally:
+        model.requires_grad_(True)
+        model.train(training)
+    with pytest.raises(ValueError, match="must be frozen"):
+        AsrCollator(processor, encoder=model.model.audio_tower)

@@ -273,6 +273,29 @@ def test_evaluations_leave_training_unchanged(short_run, utterances, tmp_path):
     assert _train_losses(tmp_path) == pytest.approx(_train_losses(short_run["out"]), abs=1e-6)
 
 
+@pytest.mark.parametrize("cache", ["features", "encoder"])
+def test_audio_caches_leave_the_run_unchanged(short_run, utterances, tmp_path, cache):
+    # 4 steps over 2 batches an epoch: epoch 2 comes from the cache (the encoder's outputs standing in for it)
+    config = dataclasses.replace(short_run["config"], output_dir=tmp_path, audio_cache=cache)
+    model, processor = tiny_base()
+    tower = model.model.audio_tower
+    train(model, processor, utterances["train"], utterances["valid"], config)
+    assert _train_losses(tmp_path) == pytest.approx(_train_losses(short_run["out"]), abs=1e-5)
+    evaluations = {r["step"]: r["valid/loss"] for r in _log(tmp_path) if "valid/loss" in r}
+    expected = {r["step"]: r["valid/loss"] for r in _log(short_run["out"]) if "valid/loss" in r}
+    assert evaluations == pytest.approx(expected, abs=1e-5)  # evaluation ran the real encoder on the audio
+    assert model.model.audio_tower is tower
+
+
+def test_audio_cache_settings_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="audio_cache must be one of none, features, encoder, got 'fbank'"):
+        TrainConfig(output_dir=tmp_path, audio_cache="fbank")
+    with pytest.raises(ValueError, match="needs it frozen"):
+        TrainConfig(output_dir=tmp_path, audio_cache="encoder", unfreeze_encoder=True)
+    with pytest.raises(ValueError, match="needs num_workers 0.*got 2"):
+        TrainConfig(output_dir=tmp_path, audio_cache="features", num_workers=2)
+
+
 def test_run_trains_only_the_adaptor(short_run):
     model, initial = short_run["model"], short_run["initial"]
     for name, value in model.state_dict().items():
