@@ -423,7 +423,8 @@ def model_folder(tmp_path_factory) -> Path:
 def test_cli_train_then_eval(model_folder, corpus, tmp_path):
     out = tmp_path / "run"
     args = ["train", "--model", str(model_folder), "--train", str(corpus["train"]), "--valid", str(corpus["valid"]),
-            "-o", str(out), "--steps", "2", "--batch-size", "4", "--warmup", "0", "--save-every", "0"]  # fmt: skip
+            "-o", str(out), "--steps", "2", "--batch-size", "4", "--warmup", "0", "--save-every", "0",
+            "--audio-cache", "encoder"]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert f"trained 2 steps; model saved to {out / 'final'}" in result.output
@@ -460,6 +461,17 @@ def test_cli_bad_inputs_are_one_line_errors(model_folder, corpus, tmp_path):
     missing = tmp_path / "nope.jsonl"
     for args in (
         ["train", "--model", str(model_folder), "--train", str(missing), "-o", str(tmp_path / "out")],
+        [
+            "train",
+            "--model",
+            str(model_folder),
+            "--train",
+            str(corpus["train"]),
+            "-o",
+            str(tmp_path / "out"),
+            "--audio-cache",
+            "fbank",
+        ],
         ["eval", "--model", str(model_folder), "--manifest", str(missing)],
         ["eval", "--model", str(tmp_path), "--manifest", str(corpus["valid"])],
     ):
