@@ -4,7 +4,7 @@
                     -> save_checkpoint every `save_every` steps -> final `save_pretrained` folder
 
 What trains (`setup_trainable`): the adaptor, plus the input-embedding rows of added speech markers
-(`trainable_token_ids`, as peft's trainable tokens); optionally the encoder
+(`trainable_token_ids`, a `TrainableTokenRows` delta); optionally the encoder
 (`unfreeze_encoder`), the whole LLM (`train_llm`, for the miniature base's joint training) or LoRA adapters on the
 LLM (`lora`, peft). Frozen parameters have `requires_grad=False` (no weight gradients, no optimizer state) and the
 parts with nothing to train run in eval mode, as funasr runs its frozen encoder and LLM (no dropout noise there).
@@ -68,6 +68,7 @@ from funasr_swap.compat import fill_gaps
 from funasr_swap.data import AsrCollator, Utterance, bucket_batches, precomputed_audio
 from funasr_swap.metrics import cer, wer
 from funasr_swap.swap import read_swap_report, set_trainable
+from funasr_swap.token_rows import TrainableTokenRows
 from funasr_swap.transcribe import transcribe
 from tokenmap.io import atomic_folder, atomic_write_bytes, atomic_write_lines
 from tokenmap.prompt import IGNORE_INDEX
@@ -185,31 +186,26 @@ class TrainResult:
 # What trains, and the loss
 
 
-def setup_trainable(model: FunAsrNanoForConditionalGeneration, config: TrainConfig) -> nn.Module | None:
-    """Set `requires_grad` from `config` (module docstring); returns the peft model injected into the LLM (LoRA
-    adapters and/or the trainable marker rows), whose `merge_and_unload()` folds them into its weights in place, or
-    None when there is none.
-
-    Marker rows train as peft's trainable tokens: a (rows, hidden) parameter in place of the embedding's rows.
-    Training the whole embedding with its gradient masked cost a dense gradient, AdamW state and update over every
-    row (DeepSeek-V2: 102k) for two markers; in the miniature world that was half of every step.
-    """
-    from peft import LoraConfig, LoraModel, TrainableTokensConfig, TrainableTokensModel
-
+def setup_trainable(model: FunAsrNanoForConditionalGeneration, config: TrainConfig) -> Callable[[], None]:
+    """Set `requires_grad` from `config` (module docstring): LoRA adapters injected into the LLM in place (peft),
+    the rows of `trainable_token_ids` as a `TrainableTokenRows` delta on its input embedding. Returns the function
+    that folds both into the model's own weights (after training: the saved folder is then a stock one)."""
     llm = model.model.language_model
-    token_ids = [] if config.train_llm else list(config.trainable_token_ids)
-    adapters = None
+    lora_model = None
     if config.lora is not None:
+        from peft import LoraConfig, LoraModel
+
         lora = config.lora
         peft_config = LoraConfig(
-            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules),
-            trainable_token_indices=token_ids or None,
-        )  # fmt: skip
-        # injects into the LLM's modules in place; FunAsrNano keeps the same language_model object
-        adapters = LoraModel(llm, peft_config, "default")
-    elif token_ids:
-        adapters = TrainableTokensModel(llm, TrainableTokensConfig(token_indices=token_ids), "default")
-    # peft only set flags inside the LLM; these set them for the whole model, the adapters last
+            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules)
+        )
+        # injects the adapters into the LLM's modules in place; FunAsrNano keeps the same language_model object
+        lora_model = LoraModel(llm, peft_config, "default")
+    rows = None
+    if config.trainable_token_ids and not config.train_llm:
+        rows = TrainableTokenRows(llm.get_input_embeddings(), config.trainable_token_ids)
+        llm.set_input_embeddings(rows)
+    # peft only set flags inside the LLM; these set them for the whole model, the adapters and rows last
     set_trainable(model)
     if config.unfreeze_encoder:
         model.model.audio_tower.requires_grad_(True)
@@ -217,14 +213,18 @@ def setup_trainable(model: FunAsrNanoForConditionalGeneration, config: TrainConf
         llm.requires_grad_(True)
         model.lm_head.requires_grad_(True)
     for name, parameter in model.named_parameters():
-        if _is_adapter(name):
+        if "lora_" in name:
             parameter.requires_grad_(True)
-    return adapters
+    if rows is not None:
+        rows.delta.requires_grad_(True)
 
+    def merge() -> None:
+        if lora_model is not None:
+            lora_model.merge_and_unload()
+        if rows is not None:
+            llm.set_input_embeddings(rows.merge())
 
-def _is_adapter(name: str) -> bool:
-    """Whether a parameter is peft's: LoRA matrices or trainable token rows."""
-    return "lora_" in name or "trainable_tokens_delta" in name
+    return merge
 
 
 def added_token_ids(model_dir: str | Path) -> tuple[int, ...]:
@@ -282,12 +282,12 @@ class _LossModule(nn.Module):
 
 
 def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    embedding = model.get_input_embeddings().weight
+    embedding = model.get_input_embeddings()
+    rows = {id(embedding.weight)} | {id(m.delta) for m in model.modules() if isinstance(m, TrainableTokenRows)}
     decay, no_decay = [], []
-    for name, parameter in model.named_parameters():  # each shared (tied) parameter once
+    for parameter in model.parameters():  # each shared (tied) parameter once
         if parameter.requires_grad:
-            embedding_rows = parameter is embedding or "trainable_tokens_delta" in name
-            (no_decay if parameter.ndim < 2 or embedding_rows else decay).append(parameter)
+            (no_decay if parameter.ndim < 2 or id(parameter) in rows else decay).append(parameter)
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr)
 
@@ -574,7 +574,7 @@ def train(
 
     # setup: what trains, the DDP-wrapped loss, optimizer and schedule, the data order
     fill_gaps(model)  # a model loaded with stock transformers needs them (idempotent)
-    adapters = setup_trainable(model, config)
+    merge_adapters = setup_trainable(model, config)
     for parameter in model.parameters():  # fp32 master weights for what trains; frozen weights keep their dtype
         if parameter.requires_grad and parameter.dtype != torch.float32:
             parameter.data = parameter.data.float()
@@ -691,8 +691,7 @@ def train(
 
     # the final model: adapters (LoRA, marker rows) merged, so the folder is a stock FunAsrNano one
     model.eval()
-    if adapters is not None:
-        adapters.merge_and_unload()
+    merge_adapters()
     final = out / FINAL_DIR
     history = _read_log(log_path) if main else []
     if main:
