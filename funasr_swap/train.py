@@ -359,9 +359,10 @@ def evaluate(
     utterances: Sequence[Utterance],
     *,
     batch_size: int = 16,
+    loss_fn: LossFunction | None = supervised_loss,
 ) -> Evaluation:
-    """CER and WER of greedy batched transcription (`funasr_swap.metrics`), and the loss over the supervised tokens;
-    leaves the model in eval mode.
+    """CER and WER of greedy batched transcription (`funasr_swap.metrics`), and `loss_fn` averaged over the
+    supervised tokens (None: no loss; `train` passes its own); leaves the model in eval mode.
 
     Each utterance is transcribed with the prompt it trains with (`Utterance.asr_task`: plain, or naming the
     language), so the loss and the error rates measure the same task.
@@ -374,14 +375,16 @@ def evaluate(
     fill_gaps(model)
     model.eval()
     refs = [u.text for u in utterances]
-    collate = AsrCollator(processor)
-    total, count = 0.0, 0
-    for start in range(0, len(utterances), batch_size):
-        batch = {k: v.to(model.device) for k, v in collate(utterances[start : start + batch_size]).items()}
-        n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-        total += supervised_loss(model, batch).item() * n
-        count += n
-    metrics = {"loss": total / count}  # mean over the set's supervised tokens
+    metrics = {}
+    if loss_fn is not None:
+        collate = AsrCollator(processor)
+        total, count = 0.0, 0
+        for start in range(0, len(utterances), batch_size):
+            batch = {k: v.to(model.device) for k, v in collate(utterances[start : start + batch_size]).items()}
+            n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+            total += loss_fn(model, batch).item() * n
+            count += n
+        metrics["loss"] = total / count  # mean over the set's supervised tokens
 
     max_new_tokens = 2 * max(len(ids) for ids in processor.tokenizer(refs)["input_ids"]) + 8
     hyps = [""] * len(utterances)
@@ -623,7 +626,7 @@ def train(
     def run_evaluation() -> None:
         if main and valid_data:
             with accelerator.autocast():
-                evaluation = evaluate(model, processor, valid_data, batch_size=config.eval_batch_size)
+                evaluation = evaluate(model, processor, valid_data, batch_size=config.eval_batch_size, loss_fn=loss_fn)
             samples = [
                 {"ref": u.text, "hyp": h} for u, h in zip(valid_data, evaluation.hypotheses[: config.log_samples])
             ]

@@ -170,7 +170,7 @@ def test_marker_rows_train_and_other_rows_stay(tmp_path, utterances, lora):
     changed = (after != before).any(dim=1).nonzero().flatten().tolist()
     assert changed == [marker]  # weight decay did not shrink the frozen rows either
     assert all(torch.equal(v, model.model.audio_tower.state_dict()[k]) for k, v in encoder.items())
-    # the checkpoint holds the marker row (peft's trainable tokens, not the whole embedding) and the adaptor
+    # the checkpoint holds the marker row (TrainableTokenRows' delta, not the whole embedding) and the adaptor
     weights = load_file(latest_checkpoint(tmp_path) / "model.safetensors")
     rows = {k: v for k, v in weights.items() if k.startswith("model.language_model.") and "lora_" not in k}
     assert [tuple(v.shape) for v in rows.values()] == [(1, after.shape[1])]
@@ -330,6 +330,13 @@ def test_evaluate_scores_transcripts(short_run, utterances):
     assert evaluation.metrics["cer"] == pytest.approx(last["valid/cer"])
     assert evaluation.metrics["loss"] == pytest.approx(last["valid/loss"], rel=1e-5)
     assert len(evaluation.hypotheses) == len(utterances["valid"])
+    # another loss function, or none: the transcripts and scores stay
+    doubled = evaluate(
+        model, processor, utterances["valid"], batch_size=2, loss_fn=lambda m, b: 2 * supervised_loss(m, b)
+    )
+    assert doubled.metrics["loss"] == pytest.approx(2 * evaluation.metrics["loss"], rel=1e-5)
+    unscored = evaluate(model, processor, utterances["valid"], batch_size=2, loss_fn=None)
+    assert "loss" not in unscored.metrics and unscored.hypotheses == evaluation.hypotheses
 
 
 def test_fresh_start_refuses_a_folder_with_checkpoints(short_run, utterances):
