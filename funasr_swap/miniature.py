@@ -29,7 +29,15 @@ is the full-size model.
 Why LoRA and CTC in the swaps: with the adaptor alone, a swapped model learned about as slowly as the base from
 scratch (validation CER 58% after 250 steps, 43% after 1,200), the frozen tiny LLM having to be taught to read the
 adaptor again through its own loss only; the CTC loss gives the adaptor a direct signal (40% after 600 steps) and
-LoRA lets the LLM meet it halfway (18% after 600 steps).
+LoRA lets the LLM meet it halfway (18% after 600 steps). DeepSeek-V2's attention reads keys and values through a
+low-rank projection (MLA): with a rank of width / 8 and LoRA on its query and output projections only, its swaps
+stalled at 20% test CER after 1,000 steps; at the real model's proportions (rank and head dimensions of width / 4)
+and with LoRA on `kv_a_proj_with_mqa` and `kv_b_proj` too, they reach 11-12%.
+
+Speed: the encoder is frozen in the swaps, so its outputs are computed once per clip and stand in for it in later
+epochs (`TrainConfig.audio_cache="encoder"`); the base, which trains its encoder, keeps each clip's fbank features
+("features"). Swap runs go two at a time, one thread each; the base takes both cores once the target LLMs are
+pretrained.
 """
 
 from __future__ import annotations
@@ -93,19 +101,20 @@ class MiniatureConfig:
     encoder_heads: int = 4
     projector_hidden: int = 256
     target_width: int = 128  # the targets are twice the base LLM's width (64), as 2048 is to Qwen3-0.6B's 1024
-    lm_steps: int = 400  # copy-task pretraining, per LLM
+    lm_steps: int = 800  # copy-task pretraining, per LLM (400: Llama-3.2 copies 96% of tokens, its bridge swap 20% CER)
     lm_batch_size: int = 64
     lm_lr: float = 6e-3
-    base_steps: int = 1800
+    base_steps: int = 2400
     base_lr: float = 2e-3
-    base_eval_every: int = 300
+    base_eval_every: int = 400
     lora_rank: int = 16
     adaptor_ctc_weight: float = 1.0  # `adaptor_ctc_loss` beside the LLM's loss in the adaptor retraining
     adaptor_lora_rank: int = 16  # LoRA on the swapped LLM beside the adaptor; 0: the adaptor alone
-    adaptor_steps: int = 1000
+    adaptor_steps: int = 800
     adaptor_lr: float = 4e-3
-    adaptor_eval_every: int = 250  # the validation curves give the steps to a CER (bridge vs fresh)
-    batch_size: int = 32
+    adaptor_eval_every: int = 200  # the validation curves give the steps to a CER (bridge vs fresh)
+    adaptor_batch_size: int = 32
+    batch_size: int = 32  # the base's
     warmup_steps: int = 50
     seed: int = 0
 
@@ -114,7 +123,7 @@ class MiniatureConfig:
 QUICK = MiniatureConfig(
     utterances=60, valid_utterances=3, encoder_hidden=32, encoder_layers=2, encoder_heads=2, projector_hidden=32,
     target_width=64, lm_steps=4, lm_batch_size=8, base_steps=2, base_eval_every=1, adaptor_steps=2,
-    adaptor_eval_every=1, batch_size=8, warmup_steps=1,
+    adaptor_eval_every=1, adaptor_batch_size=8, batch_size=8, warmup_steps=1,
 )  # fmt: skip
 
 
@@ -209,7 +218,10 @@ def tiny_llm_config(name: str, width: int) -> PreTrainedConfig:
 
     spec = get_llm(name)
     overrides: dict = {"hidden_size": width, "intermediate_size": 2 * width}
-    if not spec.uses_mla:  # MLA sets its own head dimensions
+    if spec.uses_mla:  # DeepSeek-V2-Lite's proportions: KV rank and head dims of width / 4, RoPE half of them
+        overrides.update(kv_lora_rank=width // 4, qk_nope_head_dim=width // 4, v_head_dim=width // 4)
+        overrides["qk_rope_head_dim"] = width // 8
+    else:
         overrides["head_dim"] = width // 4
         if "query_pre_attn_scalar" in spec.extra:  # Gemma-2 scales queries by its head_dim
             overrides["query_pre_attn_scalar"] = width // 4
@@ -410,7 +422,7 @@ class RunResult:
     trainable: int  # parameters trained
     steps: int
     seconds: float  # training wall time, validation included
-    start_cer: float | None  # test CER before training (swaps: right after the swap); None for the base
+    start_cer: float | None  # validation CER at step 0 (swaps: right after the swap); None for the base
     test_cer: float
     test_wer: float
     history: list[dict]  # the trainer's metrics.jsonl records
@@ -445,9 +457,10 @@ def _train_and_test(
     train_config,
     start_cer: float | None,
     ctc_weight: float = 0.0,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> RunResult:
-    """`funasr_swap.train.train` with the world loss, then the test CER; cached as `result.json` in the run folder
-    (a finished run is read back, an interrupted one resumes from its checkpoint)."""
+    """`funasr_swap.train.train` with the world loss (`on_step` after each step), then the test CER; cached as
+    `result.json` in the run folder (a finished run is read back, an interrupted one resumes from its checkpoint)."""
     from funasr_swap.train import evaluate, train
 
     if (run := _cached_run(train_config.output_dir)) is not None:
@@ -457,6 +470,8 @@ def _train_and_test(
     def count_trainable(step: int, loss: float) -> None:  # once the trainer has set what trains (LoRA included)
         if not trainable:
             trainable.append(sum(p.numel() for p in model.parameters() if p.requires_grad))
+        if on_step is not None:
+            on_step(step, loss)
 
     began = time.perf_counter()
     result = train(
@@ -464,7 +479,7 @@ def _train_and_test(
         on_step=count_trainable,
     )  # fmt: skip
     seconds = time.perf_counter() - began
-    test = evaluate(model, processor, data["test"], batch_size=train_config.eval_batch_size).metrics
+    test = evaluate(model, processor, data["test"], batch_size=train_config.eval_batch_size, loss_fn=None).metrics
     run = RunResult(
         name, llm, strategy, trainable[0] if trainable else 0, result.step, seconds, start_cer, test["cer"],
         test["wer"], result.history,
@@ -473,16 +488,20 @@ def _train_and_test(
     return run
 
 
-def _train_config(folder: Path, steps: int, lr: float, eval_every: int, config: MiniatureConfig, **options):
+def _train_config(folder: Path, config: MiniatureConfig, **options):
     from funasr_swap.train import TrainConfig
 
     return TrainConfig(
-        output_dir=folder, max_steps=steps, batch_size=config.batch_size, lr=lr, warmup_steps=config.warmup_steps,
-        eval_every=eval_every, save_every=0, keep_last=1, seed=config.seed, eval_batch_size=50, **options,
+        output_dir=folder, warmup_steps=config.warmup_steps, save_every=0, keep_last=1, seed=config.seed,
+        eval_batch_size=50, **options,
     )  # fmt: skip
 
 
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# every attention and MLP projection of the four families; DeepSeek's MLA reads keys and values through
+# kv_a_proj_with_mqa and kv_b_proj (its routed experts are fused tensors, not Linear layers: no LoRA there)
+LORA_TARGETS = (
+    "q_proj", "k_proj", "v_proj", "o_proj", "kv_a_proj_with_mqa", "kv_b_proj", "gate_proj", "up_proj", "down_proj",
+)  # fmt: skip
 
 
 def _lora(rank: int):
@@ -492,14 +511,17 @@ def _lora(rank: int):
     return LoraSettings(r=rank, alpha=2 * rank, target_modules=LORA_TARGETS) if rank else None
 
 
-def _train_base(folder: Path, llm_folder: Path, data: dict[str, list], config: MiniatureConfig) -> RunResult:
+def _train_base(
+    folder: Path, llm_folder: Path, data: dict[str, list], config: MiniatureConfig,
+    on_step: Callable[[int, float], None] | None = None,
+) -> RunResult:  # fmt: skip
     """The base trained jointly: encoder, adaptor and LoRA on the LLM (the LM head stays frozen: `WorldLoss`)."""
     model, processor = build_base(llm_folder, config)
     train_config = _train_config(
-        folder, config.base_steps, config.base_lr, config.base_eval_every, config, unfreeze_encoder=True,
-        lora=_lora(config.lora_rank),
+        folder, config, max_steps=config.base_steps, batch_size=config.batch_size, lr=config.base_lr,
+        eval_every=config.base_eval_every, unfreeze_encoder=True, lora=_lora(config.lora_rank), audio_cache="features",
     )  # fmt: skip
-    return _train_and_test("base", BASE_LLM, "joint", model, processor, data, train_config, None)
+    return _train_and_test("base", BASE_LLM, "joint", model, processor, data, train_config, None, on_step=on_step)
 
 
 def _train_swap(
@@ -525,10 +547,11 @@ def _train_swap(
         # the tiny LLMs are registry shapes scaled down: load_llm warns that no registry entry has their shape
         warnings.filterwarnings("ignore", message=r".*is not in the funasr_swap LLM registry.*")
         swapped = swap_llm(base, processor, llm_folder, strategy=strategy, markers=markers, seed=config.seed)
-    start = evaluate(swapped.model, swapped.processor, data["test"], batch_size=50).metrics["cer"]
+    start = evaluate(swapped.model, swapped.processor, data["valid"], batch_size=50, loss_fn=None).metrics["cer"]
     train_config = _train_config(
-        folder, config.adaptor_steps, config.adaptor_lr, config.adaptor_eval_every, config,
-        trainable_token_ids=tuple(swapped.report.added_token_ids), lora=_lora(config.adaptor_lora_rank),
+        folder, config, max_steps=config.adaptor_steps, batch_size=config.adaptor_batch_size, lr=config.adaptor_lr,
+        eval_every=config.adaptor_eval_every, trainable_token_ids=tuple(swapped.report.added_token_ids),
+        lora=_lora(config.adaptor_lora_rank), audio_cache="encoder",
     )  # fmt: skip
     run = _train_and_test(
         f"{family} {strategy}", name, strategy, swapped.model, swapped.processor, data, train_config, start,
@@ -567,13 +590,19 @@ SWAP_FIELDS = (
     "adaptor_eval_every",
     "adaptor_lora_rank",
     "adaptor_ctc_weight",
+    "adaptor_batch_size",
 )
+
+
+# Bumped when the code changes what a stage builds from the same settings (2: DeepSeek's MLA at width / 4, LoRA on
+# its KV projections), so that an older cache is not read as this version's.
+CACHE_VERSION = 2
 
 
 def _key(config: MiniatureConfig, fields: Sequence[str], *extra: str) -> str:
     """A short hash naming a cached stage folder: it changes when a setting the stage depends on does."""
     settings = [getattr(config, name) for name in fields]
-    return hashlib.sha1(json.dumps([settings, extra]).encode()).hexdigest()[:8]
+    return hashlib.sha1(json.dumps([CACHE_VERSION, settings, extra]).encode()).hexdigest()[:8]
 
 
 def run_quickstart(
@@ -589,8 +618,8 @@ def run_quickstart(
     Stages (module docstring) are cached in folders named by a hash of the settings they depend on, so a rerun
     reuses what was built (and an interrupted training resumes from its checkpoint). Independent work runs side by
     side in `jobs` worker processes of `cpu_count // jobs` torch threads each (on 2 small cores, two one-thread
-    jobs beat one two-thread job): the target LLMs' pretraining beside the base's training, then the swap runs;
-    each writes its progress to a `log.txt`.
+    jobs beat one two-thread job): the target LLMs' pretraining beside the base's training (which takes all the
+    threads once the pretraining is done), then the swap runs; each writes its progress to a `log.txt`.
     """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -663,8 +692,13 @@ def run_quickstart(
         log(f"[quickstart] base: training in {base_dir}" + (" (cached)" if base_cached else ""))
         main_threads = torch.get_num_threads()
         torch.set_num_threads(threads)  # the workers' share: they pretrain meanwhile
+
+        def join_freed_cores(step: int, loss: float) -> None:  # 2 threads: a base step 1.46x faster than with 1
+            if torch.get_num_threads() < main_threads and all(f.done() for f in pretrainings.values()):
+                torch.set_num_threads(main_threads)
+
         try:
-            runs = [_train_base(base_dir, base_llm, data, config)]
+            runs = [_train_base(base_dir, base_llm, data, config, join_freed_cores)]
         finally:
             torch.set_num_threads(main_threads)
         log(f"[quickstart] base: test CER {runs[0].test_cer:.1%}")
@@ -688,8 +722,8 @@ def run_quickstart(
                     strategy, folder, corpus, config,
                 )  # fmt: skip
         for (family, strategy), future in swaps.items():
-            runs.append(future.result())
-            log(f"[quickstart] {family} {strategy}: test CER {runs[-1].start_cer:.1%} -> {runs[-1].test_cer:.1%}")
+            runs.append(run := future.result())
+            log(f"[quickstart] {family} {strategy}: valid CER {run.start_cer:.1%} at step 0, test {run.test_cer:.1%}")
         timed("swaps", f"swaps-{_key(config, SWAP_FIELDS, *families)}", began, built=not swaps_cached)
 
     report = _write_report(output, config, data, runs, timings)
@@ -709,7 +743,7 @@ def _write_report(
         f"valid (CER during training), {len(data['test'])} test (sentences unseen in train). Target: test CER < "
         f"{TARGET_CER:.0%}.",
         "",
-        "| model | LLM | trains | trainable params | steps | train s | test CER before | test CER | test WER | "
+        "| model | LLM | trains | trainable params | steps | train s | valid CER at step 0 | test CER | test WER | "
         f"steps to valid CER < {TARGET_CER:.0%} |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -757,11 +791,12 @@ def _plot_cer(runs: list[RunResult], path: Path) -> None:
 
     fig, (ax_base, ax_swap) = plt.subplots(1, 2, figsize=(11, 4))
     for run in runs:
-        points = [r for r in run.history if "valid/cer" in r]
+        points = [(r["step"], r["valid/cer"]) for r in run.history if "valid/cer" in r]
+        if run.start_cer is not None:
+            points.insert(0, (0, run.start_cer))
         ax = ax_base if run.strategy == "joint" else ax_swap
         style = "--" if run.strategy == "fresh" else "-"
-        ax.plot([r["step"] for r in points], [r["valid/cer"] for r in points], style, marker="o", markersize=3,
-                label=run.name)  # fmt: skip
+        ax.plot(*zip(*points), style, marker="o", markersize=3, label=run.name)
     for ax, title in ((ax_base, "base (joint)"), (ax_swap, "swaps (adaptor retraining)")):
         ax.axhline(TARGET_CER, color="grey", linewidth=0.8)
         ax.set(xlabel="step", ylabel="validation CER", title=title, ylim=(0, None))
