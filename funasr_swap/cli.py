@@ -371,7 +371,7 @@ def quickstart(
     (tiny Fun-ASR-Nano) trained, then each family's LLM swapped in (bridge and fresh adaptor) and the adaptor
     retrained (with LoRA on the LLM); writes OUTPUT/REPORT.md (test CER per model, steps, times) and OUTPUT/cer.png.
 
-    Everything built is cached in OUTPUT: a rerun reuses it. About 28 minutes on 2 CPU cores (--quick: 1 minute).
+    Everything built is cached in OUTPUT: a rerun reuses it. About 22 minutes on 2 CPU cores (--quick: 1 minute).
 
     Example: funasr-swap quickstart -o runs/quickstart --families llama3,gemma2
     """
