@@ -362,7 +362,8 @@ def evaluate(
     loss_fn: LossFunction | None = supervised_loss,
 ) -> Evaluation:
     """CER and WER of greedy batched transcription (`funasr_swap.metrics`), and `loss_fn` averaged over the
-    supervised tokens (None: no loss; `train` passes its own); leaves the model in eval mode.
+    supervised tokens (None: no loss pass, which is a full-vocabulary LM head over every supervised token); leaves
+    the model in eval mode.
 
     Each utterance is transcribed with the prompt it trains with (`Utterance.asr_task`: plain, or naming the
     language), so the loss and the error rates measure the same task.
@@ -626,7 +627,8 @@ def train(
     def run_evaluation() -> None:
         if main and valid_data:
             with accelerator.autocast():
-                evaluation = evaluate(model, processor, valid_data, batch_size=config.eval_batch_size, loss_fn=loss_fn)
+                # the model's own loss, whatever trains it: a training loss may not cover every valid token
+                evaluation = evaluate(model, processor, valid_data, batch_size=config.eval_batch_size)
             samples = [
                 {"ref": u.text, "hyp": h} for u, h in zip(valid_data, evaluation.hypotheses[: config.log_samples])
             ]

@@ -141,3 +141,20 @@ def test_quickstart_writes_report_and_reuses_its_cache(tmp_path):
     assert len(list(tmp_path.glob("swap-*/result.json"))) == 2  # nothing new
     assert report.read_text().count("| llama3 bridge |") == 1
     assert [line for line in report.read_text().splitlines() if line.startswith("| total |")] == total  # build times
+
+
+def test_lora_reaches_every_projection_of_each_target_family():
+    """LoRA on the swapped tiny LLMs covers attention and MLP, DeepSeek's MLA key/value path included; DeepSeek's
+    tiny MLA keeps the real model's proportions (KV rank and head dims a quarter of the width)."""
+    from transformers import AutoModel
+
+    from funasr_swap.miniature import FAMILY_LLMS, LORA_TARGETS, tiny_llm_config
+
+    for name in FAMILY_LLMS.values():
+        config = tiny_llm_config(name, 128)
+        linear = {n.rsplit(".", 1)[-1] for n, m in AutoModel.from_config(config).named_modules()
+                  if isinstance(m, torch.nn.Linear)}  # fmt: skip
+        assert linear <= set(LORA_TARGETS), name  # DeepSeek's router and fused experts are not Linear layers
+        if name == "DeepSeek-V2-Lite":
+            assert {"kv_a_proj_with_mqa", "kv_b_proj"} <= linear
+            assert (config.kv_lora_rank, config.qk_nope_head_dim, config.v_head_dim) == (32, 32, 32)
