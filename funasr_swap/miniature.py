@@ -459,12 +459,11 @@ def _train_and_test(
     ctc_weight: float = 0.0,
     on_step: Callable[[int, float], None] | None = None,
 ) -> RunResult:
-    """`funasr_swap.train.train` with the world loss (`on_step` after each step), then the test CER; cached as
-    `result.json` in the run folder (a finished run is read back, an interrupted one resumes from its checkpoint)."""
+    """`funasr_swap.train.train` with the world loss (`on_step` after each step), then the test CER; written as
+    `result.json` in the run folder, which the callers read back (`_cached_run`) before building their model; an
+    interrupted run resumes from its checkpoint."""
     from funasr_swap.train import evaluate, train
 
-    if (run := _cached_run(train_config.output_dir)) is not None:
-        return run
     trainable = []
 
     def count_trainable(step: int, loss: float) -> None:  # once the trainer has set what trains (LoRA included)
