@@ -20,6 +20,7 @@ from typing import Literal
 
 import torch
 import yaml
+from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
     AutoTokenizer,
@@ -40,6 +41,7 @@ from tokenmap.prompt import QWEN3_PLACEHOLDER, build_chat_template
 
 __all__ = [
     "ADAPTOR_LAYER_NORM_EPS",
+    "ENCODER_LAYER_NORM_EPS",
     "FAMILY",
     "LAYER_RENAMES",
     "SKIPPED_PREFIXES",
@@ -78,6 +80,7 @@ LAYER_RENAMES: tuple[tuple[str, str], ...] = (
 )
 _AUDIO_PREFIXES = ("model.audio_tower.", "model.multi_modal_projector.")  # where LAYER_RENAMES apply
 ADAPTOR_LAYER_NORM_EPS = 1e-12  # funasr's transformer LayerNorm, used by the adaptor blocks (transformers: 1e-5)
+ENCODER_LAYER_NORM_EPS = 1e-5  # SenseVoiceEncoderSmall's LayerNorm is torch's default (so is transformers')
 _FUSED_QKV = ".self_attn.linear_q_k_v."
 
 
@@ -200,7 +203,8 @@ def _require(conf: Mapping, key: str, where: str) -> int:
 
 def original_config(folder: str | Path) -> FunAsrNanoConfig:
     """The `FunAsrNanoConfig` of an original checkpoint: `config.yaml` (encoder, adaptor, frontend) and the LLM's
-    `Qwen3-0.6B/config.json`."""
+    `Qwen3-0.6B/config.json`. LayerNorm eps are funasr's, which config.yaml does not state: 1e-5 in the encoder,
+    1e-12 in the adaptor blocks."""
     folder = Path(folder)
     yaml_path, llm_path = folder / ORIGINAL_CONFIG, folder / ORIGINAL_LLM
     conf = yaml.safe_load(yaml_path.read_text()) or {}
@@ -239,6 +243,7 @@ def original_config(folder: str | Path) -> FunAsrNanoConfig:
         hidden_dropout=encoder.get("dropout_rate", 0.1),
         attention_dropout=encoder.get("attention_dropout_rate", 0.0),
         fsmn_kernel_size=encoder.get("kernel_size", 11),
+        layer_norm_eps=ENCODER_LAYER_NORM_EPS,
     )
     adaptor_config = FunAsrNanoAdaptorConfig(
         hidden_size=llm_dim,
@@ -362,7 +367,11 @@ def load_base(
     placement = device_map if device_map is not None else device
     if fmt == "original":
         return _load_original(path, dtype, placement)
-    model = FunAsrNanoForConditionalGeneration.from_pretrained(path, dtype=dtype, device_map=placement)
+    try:
+        model = FunAsrNanoForConditionalGeneration.from_pretrained(path, dtype=dtype, device_map=placement)
+    except SafetensorError as error:  # its message names no file
+        files = ", ".join(str(file) for file in sorted(path.glob("*.safetensors")))
+        raise OSError(f"{files}: cannot read the weights ({error}): truncated or corrupt; copy it again") from None
     fill_gaps(model)
     return model, load_processor(path)
 

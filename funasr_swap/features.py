@@ -1,28 +1,44 @@
-"""Fun-ASR-Nano's audio features (Kaldi fbank + LFR) without torchaudio.
+"""Fun-ASR-Nano's audio features as the original model computes them (Kaldi fbank + LFR), without torchaudio.
 
-transformers' `FunAsrNanoFeatureExtractor` computes its fbank with `torchaudio.compliance.kaldi.fbank`, and
-torchaudio does not load beside every torch (2.11's compiled library fails with torch 2.13; PyPI has nothing newer).
-`KaldiFbankFeatureExtractor` is that extractor with the one torchaudio call replaced by `kaldi_fbank`, a port of
-torchaudio's function for the options the stock extractor uses (dither 0, DC offset removed, pre-emphasis 0.97, FFT
-size rounded up to a power of two, snip_edges, mel bins from 20 Hz to Nyquist, log power with a float32-epsilon
-floor, no energy column), and LFR stacking by `lfr_stack` (the stock `_apply_lfr` as one gather: the same
-frames copied, so equal bit for bit); padding, masks and dtypes are inherited unchanged.
-The port repeats torchaudio's arithmetic op by op: on the same torch it equals torchaudio 2.11 bit for bit (measured
-on the GPU machine, torch 2.11). Against the fixtures computed there (tests/fixtures/fbank, made by
-benchmarks/gpu/make_fbank_fixture.py), torch 2.13 differs by at most 3.5e-4 in log-mel: FFT/matmul rounding of the
-two torch builds.
-kaldi-native-fbank (the C++ Kaldi port) was measured too and differs from torchaudio by up to 7e-4.
-Like the stock extractor (and unlike funasr's WavFrontend, which multiplies by 32768), it takes the waveform as is.
+The original frontend (funasr's `WavFrontend`; FunASR's llama.cpp runtime for Nano does the same) multiplies the
+waveform by 32768 (`upsacle_samples=True`: int16 full scale) before `torchaudio.compliance.kaldi.fbank`, applies no
+CMVN (Nano ships no am.mvn), trains with dither 1.0 on that int16 scale, and stacks LFR 7/6 as transformers does.
+transformers' `FunAsrNanoFeatureExtractor` takes the waveform at unit scale. Where every mel energy of a frame is
+above Kaldi's floor (float32 epsilon) the two differ by the constant 2 ln 32768 = 20.79 in every log-mel value, which
+the encoder's first LayerNorm removes; elsewhere the unit scale floors values that the int16 scale resolves: quiet
+audio (at peak 1e-4 over 90% of the values floor), near-silent frames, the empty bands of band-limited audio, and the
+lowest mel bins of clean speech, which pre-emphasis all but removes. Digital silence floors on both scales.
+
+`KaldiFbankFeatureExtractor` follows the original. It is the stock extractor with two settings added:
+`waveform_scale` (default `WAVEFORM_SCALE`, 32768; 1.0 gives the stock features) and `dither` (default 0, as for
+inference; Kaldi's dither on the scaled waveform, an option for training), and its one torchaudio call replaced by
+`kaldi_fbank`, a port of torchaudio's function for the options the stock extractor uses (DC offset removed,
+pre-emphasis 0.97, FFT size rounded up to a power of two, snip_edges, mel bins from 20 Hz to Nyquist, log power with
+a float32-epsilon floor, no energy column) plus its dither; LFR stacking is `lfr_stack` (the stock `_apply_lfr` as
+one gather: the same frames copied, so equal bit for bit); padding, masks and dtypes are inherited unchanged.
+The port repeats torchaudio's arithmetic op by op: on the same torch it equals torchaudio 2.11 bit for bit, dither
+included for the same seed (measured on the GPU machine, torch 2.11). The fixtures computed there (tests/fixtures/fbank,
+made by benchmarks/gpu/make_fbank_fixture.py) are matched exactly by torch 2.13 on this project's CPU machine; other
+builds and CPUs round FFT/matmul sums differently (3.5e-4 in log-mel was measured once), and CUDA by up to 1.1e-3 in
+the faintest bins. The scale is a power of two, so the scaled waveform is exact. kaldi-native-fbank (the C++ Kaldi
+port) was measured too and differs from torchaudio by up to 7e-4.
 
 Both functions take a batch: `batch_features(extractor, waveforms, device)` computes a whole batch of padded
 waveforms in one set of tensor ops on any device (the GPU for transcription), and returns what `extractor(waveforms)`
-returns; the extractor's per-utterance path is the same code with a batch of one.
+returns; the extractor's per-utterance path is the same code with a batch of one. Dither is Kaldi's: `dither` times
+a standard normal draw added to every sample of every frame before DC removal (overlapping frames draw apart).
+`batch_features(..., dither=, generator=)` draws from the given generator, for the padded batch's frames; the
+extractor's `__call__` draws from torch's default generator (`torch.manual_seed`), as torchaudio does.
 
-Saved configs name the stock class (`"feature_extractor_type": "FunAsrNanoFeatureExtractor"`), so a folder saved
-here loads with stock transformers wherever torchaudio works, and both classes give the same features. Without
-torchaudio, `AutoProcessor`/`AutoFeatureExtractor` resolve that name to transformers' placeholder, which raises;
-load such folders with `load_processor` / `load_feature_extractor`, which pick the stock class when torchaudio is
-available and this one otherwise.
+Saved folders: `save_pretrained` writes `waveform_scale` and `dither` into the config, under the stock class's name
+(`"feature_extractor_type": "FunAsrNanoFeatureExtractor"`), so that stock transformers (with torchaudio) still loads
+the folder with `AutoProcessor`/`AutoFeatureExtractor`. It loads it as its own class, which keeps the two settings as
+unused attributes and computes the unit-scale features, without dither. A model run that way sees, on frames where
+nothing floors, features 20.79 lower (the same first-LayerNorm outputs, up to float rounding), and other inputs on
+frames that floor at unit scale: its transcripts of quiet, band-limited or silence-padded audio may differ from the
+original's. `load_processor` / `load_feature_extractor` always build `KaldiFbankFeatureExtractor`
+(with or without torchaudio): a folder saved by stock transformers, which holds no `waveform_scale`, gets the
+original's 32768.
 """
 
 from __future__ import annotations
@@ -36,7 +52,6 @@ from typing import Any
 import numpy as np
 import torch
 from transformers import AutoTokenizer, BatchFeature
-from transformers.utils import is_torchaudio_available
 
 try:
     # Import from the module, not from `transformers`: without torchaudio the top-level name is a placeholder class.
@@ -50,9 +65,9 @@ from transformers.models.fun_asr_nano.processing_fun_asr_nano import FunAsrNanoP
 
 __all__ = [
     "KALDI_WINDOWS",
+    "WAVEFORM_SCALE",
     "KaldiFbankFeatureExtractor",
     "batch_features",
-    "feature_extractor_class",
     "frame_samples",
     "kaldi_fbank",
     "lfr_stack",
@@ -60,6 +75,9 @@ __all__ = [
     "load_processor",
     "num_lfr_frames",
 ]
+
+# funasr's WavFrontend `upsacle_samples`: waveforms in [-1, 1) become int16-scale samples before the fbank.
+WAVEFORM_SCALE = float(1 << 15)
 
 # numeric_limits<float>::epsilon(): Kaldi's floor on mel energies before the log (log(eps) = -15.94 on silence).
 _EPSILON = torch.finfo(torch.float32).eps
@@ -117,6 +135,11 @@ def _frame_and_shift(sample_rate: float, frame_length_ms: float, frame_shift_ms:
     return frame, shift
 
 
+def _check_dither(dither: float) -> None:
+    if not dither >= 0.0:  # NaN fails too
+        raise ValueError(f"dither must be >= 0 (0: none), got {dither}")
+
+
 def kaldi_fbank(
     waveform: torch.Tensor,
     num_mel_bins: int = 80,
@@ -124,15 +147,22 @@ def kaldi_fbank(
     frame_shift_ms: float = 10.0,
     sample_rate: float = 16000.0,
     window: str = "hamming",
+    dither: float = 0.0,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Log mel filterbank `(num_frames, num_mel_bins)` of a 1-D float32 waveform, as
     `torchaudio.compliance.kaldi.fbank(waveform[None], num_mel_bins=..., frame_length=..., frame_shift=...,
-    sample_frequency=..., window_type=...)` computes it with its other options at their defaults; or
+    sample_frequency=..., window_type=..., dither=...)` computes it with its other options at their defaults; or
     `(batch, num_frames, num_mel_bins)` of a batch `(batch, num_samples)`, computed on the waveform's device.
+    The waveform is taken as is: Kaldi's own convention is int16-scale samples (see `WAVEFORM_SCALE`).
 
     Frames fit wholly inside the waveform (snip_edges): `1 + (num_samples - frame) // shift` of them. Each frame
     depends on its own samples alone, so in a batch of zero-padded waveforms a row's first frames (as many as its
     unpadded length gives) are that waveform's frames.
+
+    `dither` > 0 adds `dither * N(0, 1)` to every sample of every frame before DC removal, as Kaldi does, drawn from
+    `generator` (None: torch's default generator, which torchaudio uses; a generator must be on the waveform's
+    device). On the CPU, one seed gives torchaudio's draws for a 1-D waveform.
     """
     if waveform.dim() not in (1, 2):
         raise ValueError(
@@ -140,6 +170,7 @@ def kaldi_fbank(
         )
     if window not in KALDI_WINDOWS:
         raise ValueError(f"window must be one of {sorted(KALDI_WINDOWS)}, got {window!r}")
+    _check_dither(dither)
     frame, shift = _frame_and_shift(sample_rate, frame_length_ms, frame_shift_ms)
     if waveform.shape[-1] < frame:
         raise ValueError(
@@ -149,6 +180,9 @@ def kaldi_fbank(
     fft_size = 1 << (frame - 1).bit_length()
 
     frames = waveform.to(torch.float32).unfold(-1, frame, shift)  # (..., T, frame)
+    if dither > 0.0:
+        noise = torch.randn(frames.shape, generator=generator, device=frames.device, dtype=frames.dtype)
+        frames = frames + noise * dither  # torchaudio's order of operations: the same float results
     frames = frames - frames.mean(dim=-1, keepdim=True)
     previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)  # Kaldi repeats the first sample of each frame
     frames = (frames - _PREEMPHASIS * previous) * KALDI_WINDOWS[window](frame).to(frames.device)
@@ -203,32 +237,80 @@ def num_lfr_frames(extractor: FunAsrNanoFeatureExtractor, num_samples: int) -> i
     return -(-_num_fbank_frames(extractor, num_samples) // extractor.stride_lfr)
 
 
-def _extractor_fbank(extractor: FunAsrNanoFeatureExtractor, waveform: torch.Tensor) -> torch.Tensor:
-    """`kaldi_fbank` with `extractor`'s settings."""
-    return kaldi_fbank(
-        waveform,
-        num_mel_bins=extractor.feature_size,
-        frame_length_ms=extractor.frame_length,
-        frame_shift_ms=extractor.frame_shift,
-        sample_rate=extractor.sampling_rate,
-        window=extractor.window,
-    )
+class KaldiFbankFeatureExtractor(FunAsrNanoFeatureExtractor):
+    """`FunAsrNanoFeatureExtractor` (same arguments, `__call__`, outputs and saved config type) with the original's
+    input scale, optional dither, and `kaldi_fbank` instead of torchaudio's, so it needs no torchaudio.
+
+    Args:
+        waveform_scale: factor on the waveform before the fbank; `WAVEFORM_SCALE` (32768) is funasr's int16 scale,
+            the features Fun-ASR-Nano was trained on, 1.0 the stock extractor's. Saved with the config.
+        dither: Kaldi's dither on the scaled waveform (1.0 is funasr's training default; 0, the default, for
+            inference). Saved with the config; `batch_features(..., dither=)` overrides it per call.
+        args, kwargs: the stock extractor's arguments (feature_size, sampling_rate, frame_length, ...).
+    """
+
+    def __init__(self, *args: Any, waveform_scale: float = WAVEFORM_SCALE, dither: float = 0.0, **kwargs: Any):
+        if not (waveform_scale > 0.0 and math.isfinite(waveform_scale)):
+            raise ValueError(f"waveform_scale must be a finite number > 0 (int16: 32768), got {waveform_scale}")
+        _check_dither(dither)
+        super().__init__(*args, **kwargs)
+        self.waveform_scale = float(waveform_scale)
+        self.dither = float(dither)
+
+    def fbank(
+        self, waveform: torch.Tensor, dither: float | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """`kaldi_fbank` of `waveform * waveform_scale` with this extractor's settings; `dither` None: `self.dither`."""
+        return kaldi_fbank(
+            waveform * self.waveform_scale,
+            num_mel_bins=self.feature_size,
+            frame_length_ms=self.frame_length,
+            frame_shift_ms=self.frame_shift,
+            sample_rate=self.sampling_rate,
+            window=self.window,
+            dither=self.dither if dither is None else dither,
+            generator=generator,
+        )
+
+    def _extract_fbank_features(self, waveform: torch.Tensor) -> torch.Tensor:
+        return self.fbank(waveform)
+
+    def _apply_lfr(self, features: torch.Tensor) -> torch.Tensor:
+        return lfr_stack(features[None], [features.shape[0]], self.num_frames_lfr, self.stride_lfr)[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        # The stock name, so that stock transformers loads a saved folder (it then ignores the scale: module docstring).
+        output["feature_extractor_type"] = FunAsrNanoFeatureExtractor.__name__
+        return output
 
 
 def batch_features(
-    extractor: FunAsrNanoFeatureExtractor,
+    extractor: KaldiFbankFeatureExtractor,
     waveforms: Sequence[np.ndarray | torch.Tensor],
     device: torch.device | str | None = None,
+    *,
+    dither: float | None = None,
+    generator: torch.Generator | None = None,
 ) -> BatchFeature:
     """What `extractor(waveforms)` returns, computed for the whole batch in one set of tensor ops on `device` (None:
     the CPU): `input_features` `(batch, max_lfr_frames, feature_size * num_frames_lfr)` float32, padded with the
     extractor's `padding_value`, and `input_features_mask` `(batch, max_lfr_frames)` int32.
 
-    The waveforms (1-D, at the extractor's sampling rate) are zero-padded into one tensor; one `kaldi_fbank` and one
-    `lfr_stack` make every row's features. Frame counts equal the extractor's, values equal them up to float rounding
-    (FFTs and matrix products of other shapes, or on another device). Only the extractor's settings are read, so the
-    stock class (torchaudio's fbank) is served too.
+    The waveforms (1-D, at the extractor's sampling rate) are zero-padded into one tensor; one `kaldi_fbank` of the
+    scaled batch and one `lfr_stack` make every row's features. Frame counts equal the extractor's, values equal them
+    up to float rounding (FFTs and matrix products of other shapes, or on another device).
+
+    Args:
+        dither: Kaldi's dither for this call (training); None: the extractor's `dither` (0 unless set).
+        generator: where the dither draws come from (None: torch's default generator), on `device`; the draws cover
+            the padded batch, so one waveform's noise depends on the batch it is in.
     """
+    if not isinstance(extractor, KaldiFbankFeatureExtractor):
+        raise TypeError(
+            f"extractor must be a KaldiFbankFeatureExtractor (the original's int16-scale features), got "
+            f"{type(extractor).__name__}; load processors with funasr_swap.features.load_processor"
+        )
     if len(waveforms) == 0:
         raise ValueError("waveforms is empty; pass at least one waveform")
     rows, num_frames = [], []
@@ -242,7 +324,7 @@ def batch_features(
             raise ValueError(f"waveforms[{i}]: {error}") from error
         rows.append(row.to(device))
     padded = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)  # (batch, max_samples)
-    fbank = _extractor_fbank(extractor, padded)  # (batch, max_frames, feature_size)
+    fbank = extractor.fbank(padded, dither, generator)  # (batch, max_frames, feature_size)
     features = lfr_stack(fbank, num_frames, extractor.num_frames_lfr, extractor.stride_lfr)
     lfr_frames = torch.tensor([-(-n // extractor.stride_lfr) for n in num_frames], device=features.device)
     mask = torch.arange(features.shape[1], device=features.device) < lfr_frames[:, None]  # (batch, max_lfr_frames)
@@ -250,48 +332,30 @@ def batch_features(
     return BatchFeature({"input_features": features, "input_features_mask": mask.to(torch.int32)})
 
 
-class KaldiFbankFeatureExtractor(FunAsrNanoFeatureExtractor):
-    """`FunAsrNanoFeatureExtractor` (same arguments, `__call__`, outputs and saved config) whose fbank is
-    `kaldi_fbank` instead of torchaudio's, so it needs no torchaudio."""
-
-    def _extract_fbank_features(self, waveform: torch.Tensor) -> torch.Tensor:
-        return _extractor_fbank(self, waveform)
-
-    def _apply_lfr(self, features: torch.Tensor) -> torch.Tensor:
-        return lfr_stack(features[None], [features.shape[0]], self.num_frames_lfr, self.stride_lfr)[0]
-
-    def to_dict(self) -> dict[str, Any]:
-        output = super().to_dict()
-        # The stock name, so stock transformers loads a saved folder; the features are the same either way.
-        output["feature_extractor_type"] = FunAsrNanoFeatureExtractor.__name__
-        return output
-
-
-def feature_extractor_class() -> type[FunAsrNanoFeatureExtractor]:
-    """The stock `FunAsrNanoFeatureExtractor` where torchaudio is available, else `KaldiFbankFeatureExtractor`."""
-    return FunAsrNanoFeatureExtractor if is_torchaudio_available() else KaldiFbankFeatureExtractor
-
-
-def load_feature_extractor(source: str | Path | None = None, **kwargs: Any) -> FunAsrNanoFeatureExtractor:
-    """A Fun-ASR-Nano feature extractor of `feature_extractor_class()`.
+def load_feature_extractor(source: str | Path | None = None, **kwargs: Any) -> KaldiFbankFeatureExtractor:
+    """A `KaldiFbankFeatureExtractor`, whether or not torchaudio is installed.
 
     Args:
         source: a folder saved by `save_pretrained` (its `preprocessor_config.json`, or the `feature_extractor`
-            entry of its `processor_config.json`), or None for the defaults (80 mel, 25/10 ms, hamming, LFR 7/6).
-        kwargs: overrides of the saved or default arguments (`sampling_rate=...`, ...).
+            entry of its `processor_config.json`), or None for the defaults (80 mel, 25/10 ms, hamming, LFR 7/6,
+            waveform_scale 32768, dither 0). A folder saved by stock transformers has no `waveform_scale`: 32768.
+        kwargs: overrides of the saved or default arguments (`waveform_scale=...`, `stride_lfr=...`, ...).
     """
-    cls = feature_extractor_class()
     if source is None:
-        return cls(**kwargs)
+        return KaldiFbankFeatureExtractor(**kwargs)
     if not Path(source).is_dir():
         raise FileNotFoundError(f"feature extractor folder {source} does not exist")
-    return cls.from_pretrained(source, **kwargs)
+    saved, _ = KaldiFbankFeatureExtractor.get_feature_extractor_dict(source)
+    # One dict: `from_pretrained(source, **kwargs)` would drop overrides of settings the folder does not hold.
+    return KaldiFbankFeatureExtractor.from_dict({**saved, **kwargs})
 
 
 def load_processor(folder: str | Path, **kwargs: Any) -> FunAsrNanoProcessor:
-    """`AutoProcessor.from_pretrained(folder)` for a Fun-ASR-Nano processor folder, that also works without
-    torchaudio: the feature extractor comes from `load_feature_extractor`, the tokenizer from `AutoTokenizer` and the
-    chat template and audio token from the folder's processor files. `kwargs` go to `AutoTokenizer.from_pretrained`.
+    """`AutoProcessor.from_pretrained(folder)` for a Fun-ASR-Nano processor folder, with the original's features and
+    without torchaudio: the feature extractor is `load_feature_extractor(folder)` (a `KaldiFbankFeatureExtractor`,
+    where `AutoProcessor` would build the stock class, which ignores `waveform_scale`), the tokenizer comes from
+    `AutoTokenizer`, the chat template and audio token from the folder's processor files. `kwargs` go to
+    `AutoTokenizer.from_pretrained`.
     """
     if not Path(folder).is_dir():
         raise FileNotFoundError(f"processor folder {folder} does not exist")

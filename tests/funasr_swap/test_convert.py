@@ -208,11 +208,28 @@ def test_original_loads_with_identical_outputs_and_reports_skipped_keys(source, 
     assert torch.equal(logits(model, inputs), logits(source[0], inputs))
     assert all(key in caplog.text for key in CTC_KEYS)
     assert model.config.audio_token_id == processor.audio_token_id == 151646
-    assert model.config.adaptor_config.layer_norm_eps == source[0].config.adaptor_config.layer_norm_eps
     # The processor carries the checkpoint's own tokenizer (Qwen3-0.6B/) and builds the same prompt ids.
     assert torch.equal(processor.apply_transcription_request(
         [np.zeros(16000, np.float32)], language="en")["input_ids"],
         source[1].apply_transcription_request([np.zeros(16000, np.float32)], language="en")["input_ids"])
+
+
+def layer_norm_eps(module: torch.nn.Module) -> set[float]:
+    return {m.eps for m in module.modules() if isinstance(m, torch.nn.LayerNorm)}
+
+
+def test_original_gets_funasrs_layer_norm_eps(original, converted_fp32):
+    # funasr: the adaptor blocks use transformer/layer_norm.py's LayerNorm (eps 1e-12), SenseVoiceEncoderSmall torch's
+    # default (1e-5); config.yaml states neither, and transformers defaults both to 1e-5.
+    config = original_config(original)
+    assert (config.audio_config.layer_norm_eps, config.adaptor_config.layer_norm_eps) == (1e-5, 1e-12)
+    model, _ = load_base(original)
+    assert layer_norm_eps(model.model.audio_tower) == {1e-5}
+    assert layer_norm_eps(model.model.multi_modal_projector) == {1e-12}
+    saved = json.loads((converted_fp32 / "config.json").read_text())
+    assert (saved["audio_config"]["layer_norm_eps"], saved["adaptor_config"]["layer_norm_eps"]) == (1e-5, 1e-12)
+    reloaded = AutoModelForSpeechSeq2Seq.from_pretrained(converted_fp32)
+    assert layer_norm_eps(reloaded.model.multi_modal_projector) == {1e-12}
 
 
 def test_convert_state_dict_splits_fused_qkv_and_returns_unconverted(source):

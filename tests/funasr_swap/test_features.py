@@ -1,10 +1,12 @@
 """KaldiFbankFeatureExtractor against features real torchaudio computed (tests/fixtures/fbank, made on the GPU
-machine with torch 2.11 + torchaudio 2.11 by benchmarks/gpu/make_fbank_fixture.py), the batched path against the
-per-utterance one, and its save/load behaviour."""
+machine with torch 2.11 + torchaudio 2.11 by benchmarks/gpu/make_fbank_fixture.py): the original's int16 scale
+(funasr's WavFrontend) and the stock unit scale, dither as Kaldi's, the batched path against the per-utterance one,
+what the scale does after the encoder's first LayerNorm, and save/load behaviour."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -18,12 +20,12 @@ import torch
 from transformers import FunAsrNanoProcessor
 from transformers.models.fun_asr_nano.feature_extraction_fun_asr_nano import FunAsrNanoFeatureExtractor
 
-from funasr_swap import features
+from funasr_swap.base import tiny_base
 from funasr_swap.features import (
     KALDI_WINDOWS,
+    WAVEFORM_SCALE,
     KaldiFbankFeatureExtractor,
     batch_features,
-    feature_extractor_class,
     frame_samples,
     kaldi_fbank,
     lfr_stack,
@@ -35,31 +37,145 @@ from tests.conftest import real_tokenizer
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "fbank"
 REFERENCE = np.load(FIXTURES / "reference.npz")
-CLIP_ORDER = json.loads(str(REFERENCE["meta"]))["clip_order"]
-# Our torch (2.13, 2 threads) and the fixture's (2.11) round FFT/matmul sums differently; on the same torch the
-# port equals torchaudio bit for bit (benchmarks/gpu/make_fbank_fixture.py prints 0.0 there).
+META = json.loads(str(REFERENCE["meta"]))
+CLIP_ORDER = META["clip_order"]
+# Measured equal bit for bit against the fixtures (torch 2.13 here, 2.11 there); 1e-3 leaves room for the FFT/matmul
+# rounding of other torch builds and CPUs (3.5e-4 was measured once). On the same torch the port equals torchaudio
+# bit for bit (benchmarks/gpu/make_fbank_fixture.py prints 0.0 there).
 LOG_MEL_ATOL = 1e-3
+LOG_FLOOR = float(np.log(np.float32(np.finfo(np.float32).eps)))  # log(float32 eps) = -15.94: Kaldi's floor
+LOG_OFFSET = 2 * math.log(WAVEFORM_SCALE)  # 20.79: what the int16 scale adds to every log-mel value above the floor
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def clip(name: str) -> np.ndarray:
+    """A fixture clip: a wav file, or a float32 product of one (`META["derived"]`, as the fixture script makes it)."""
+    if name in META["derived"]:
+        source, gain = META["derived"][name]
+        return clip(source) * np.float32(gain)
     waveform, rate = soundfile.read(FIXTURES / f"{name}.wav", dtype="float32")
     assert rate == 16000
     return waveform
 
 
-def test_batch_equals_stock_extractor_on_torchaudio():
-    out = KaldiFbankFeatureExtractor()([clip(name) for name in CLIP_ORDER], sampling_rate=16000)
+def test_fixture_scale_is_ours():
+    assert META["waveform_scale"] == WAVEFORM_SCALE == 32768.0
+    assert KaldiFbankFeatureExtractor().waveform_scale == WAVEFORM_SCALE and KaldiFbankFeatureExtractor().dither == 0.0
+
+
+@pytest.mark.parametrize(
+    ("key", "settings"), [("lfr", {}), ("lfr_unscaled", {"waveform_scale": 1.0})], ids=["int16-scale", "unit-scale"]
+)
+def test_batch_equals_stock_extractor_on_torchaudio(key, settings):
+    # lfr/: the stock extractor on waveform * 32768 (funasr's WavFrontend, dither 0, no CMVN); lfr_unscaled/: as is.
+    out = KaldiFbankFeatureExtractor(**settings)([clip(name) for name in CLIP_ORDER], sampling_rate=16000)
     feats, mask = out["input_features"], out["input_features_mask"]
     assert feats.dtype == torch.float32 and mask.dtype == torch.from_numpy(REFERENCE["mask"]).dtype
     assert feats.shape == (len(CLIP_ORDER), REFERENCE["mask"].shape[1], 80 * 7)
     np.testing.assert_array_equal(mask.numpy(), REFERENCE["mask"])
     for i, name in enumerate(CLIP_ORDER):
-        expected = REFERENCE[f"lfr/{name}"]
+        expected = REFERENCE[f"{key}/{name}"]
         valid = int(mask[i].sum())
         assert valid == len(expected), name
         np.testing.assert_allclose(feats[i, :valid].numpy(), expected, rtol=0, atol=LOG_MEL_ATOL, err_msg=name)
         assert torch.all(feats[i, valid:] == 0.0), f"{name}: padding rows must hold padding_value"
+
+
+@pytest.mark.parametrize("name", ["quiet", "faint"])
+def test_quiet_audio_equals_kaldi_on_the_int16_scale(name):
+    # quiet: int16 speech at RMS 1.4e-4 between digital silence; faint: float speech peaking at 1e-4.
+    scaled, unscaled = REFERENCE[f"lfr/{name}"], REFERENCE[f"lfr_unscaled/{name}"]
+    ours = batch_features(KaldiFbankFeatureExtractor(), [clip(name)])["input_features"][0].numpy()
+    np.testing.assert_allclose(ours, scaled, rtol=0, atol=LOG_MEL_ATOL)
+    # Here the scale is no constant offset: the unit scale floors values that the int16 scale resolves.
+    floored_unit, floored_int16 = (unscaled == LOG_FLOOR).mean(), (scaled == LOG_FLOOR).mean()
+    assert floored_unit > floored_int16 + 0.1, (floored_unit, floored_int16)
+    assert np.abs(scaled - unscaled - LOG_OFFSET).max() > 10.0
+
+
+def test_faint_audio_is_nearly_all_floor_at_unit_scale():
+    # At peak 1e-4, torchaudio on the unit scale floors over 90% of the values: the stock extractor hears silence.
+    # On the int16 scale only the frames of digital silence in the clip floor, as in the loud clip itself.
+    assert (REFERENCE["lfr_unscaled/faint"] == LOG_FLOOR).mean() > 0.9
+    assert (REFERENCE["lfr/faint"] == LOG_FLOOR).mean() < 0.2
+    loud = (REFERENCE["lfr/en"] == LOG_FLOOR).mean()
+    assert (REFERENCE["lfr/faint"] == LOG_FLOOR).mean() == pytest.approx(loud, abs=0.05)
+
+
+def first_layer_norm_output(model, features) -> torch.Tensor:
+    """The output of the audio encoder's first LayerNorm, `(batch, frames, 560)`: the first place where the features'
+    scale can cancel (the layer sees `features * sqrt(hidden) + positions`)."""
+    captured = []
+    layer_norm = model.model.audio_tower.layers[0].input_layernorm
+    hook = layer_norm.register_forward_hook(lambda module, args, output: captured.append(output))
+    try:
+        with torch.no_grad():
+            model.model.audio_tower(
+                input_features=features["input_features"], input_features_mask=features["input_features_mask"]
+            )
+    finally:
+        hook.remove()
+    return captured[0]
+
+
+# Float32 rounding of log-mel values up to ~35, times sqrt(hidden) = 8, before the normalisation: 1.3e-6 measured.
+LAYER_NORM_ATOL = 1e-5
+
+
+@pytest.mark.parametrize("name", ["en", "zh"])
+def test_first_layer_norm_cancels_the_scale_on_speech_level_frames(name):
+    """Speech-level frames (no value at the floor on the unit scale) give the same first-LayerNorm output on both
+    scales; frames where the unit scale floors do not (espeak-ng speech has digital silence and empty low bands)."""
+    model, _ = tiny_base(seed=0)
+    speech = [clip(name)]  # espeak-ng, peak 0.8
+    scaled = batch_features(KaldiFbankFeatureExtractor(), speech)
+    unscaled = batch_features(KaldiFbankFeatureExtractor(waveform_scale=1.0), speech)
+    speech_level = ~(unscaled["input_features"][0] == LOG_FLOOR).any(-1)  # (frames,)
+    assert 0 < int(speech_level.sum()) < len(speech_level), "the clip must hold frames of both kinds"
+    offset = scaled["input_features"][0, speech_level] - unscaled["input_features"][0, speech_level]
+    torch.testing.assert_close(offset, torch.full_like(offset, LOG_OFFSET), rtol=0, atol=LOG_MEL_ATOL)
+
+    ours, stock = first_layer_norm_output(model, scaled)[0], first_layer_norm_output(model, unscaled)[0]
+    torch.testing.assert_close(ours[speech_level], stock[speech_level], rtol=0, atol=LAYER_NORM_ATOL)
+    assert (ours[~speech_level] - stock[~speech_level]).abs().max() > 0.5  # the scale matters on the other frames
+
+
+def test_dither_zero_is_deterministic():
+    extractor, clips = KaldiFbankFeatureExtractor(), [clip("en"), clip("short")]
+    first, second = batch_features(extractor, clips), batch_features(extractor, clips)
+    assert torch.equal(first["input_features"], second["input_features"])
+    assert torch.equal(extractor(clips)["input_features"], extractor(clips)["input_features"])
+
+
+def test_dither_is_reproducible_per_seed_and_changes_the_features():
+    extractor, clips = KaldiFbankFeatureExtractor(), [clip("en"), clip("quiet")]
+    plain = batch_features(extractor, clips)["input_features"]
+
+    def dithered(seed: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        return batch_features(extractor, clips, dither=1.0, generator=generator)["input_features"]
+
+    assert torch.equal(dithered(0), dithered(0))
+    assert not torch.equal(dithered(0), dithered(1))
+    assert (dithered(0) - plain).abs().max() > 1.0  # 1 LSB of noise lifts the silent frames off the floor
+    # The extractor's own dither (saved with it) draws from torch's default generator, as torchaudio does.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        first = KaldiFbankFeatureExtractor(dither=1.0)(clips)["input_features"]
+        torch.manual_seed(3)
+        second = KaldiFbankFeatureExtractor(dither=1.0)(clips)["input_features"]
+    assert torch.equal(first, second) and not torch.equal(first, plain)
+    # The call's dither overrides the extractor's: dither=0 gives the plain features.
+    overridden = batch_features(KaldiFbankFeatureExtractor(dither=1.0), clips, dither=0.0)
+    assert torch.equal(overridden["input_features"], plain)
+
+
+def test_dither_is_kaldis():
+    # torchaudio after torch.manual_seed(seed) and ours with a generator of that seed draw the same noise on the CPU.
+    head = torch.from_numpy(clip("en")[:8000]) * WAVEFORM_SCALE
+    ours = kaldi_fbank(head, dither=1.0, generator=torch.Generator().manual_seed(META["dither_seed"]))
+    np.testing.assert_allclose(ours.numpy(), REFERENCE["dither/en"], rtol=0, atol=LOG_MEL_ATOL)
+    assert not np.allclose(kaldi_fbank(head).numpy(), REFERENCE["dither/en"], rtol=0, atol=LOG_MEL_ATOL)
 
 
 @pytest.mark.parametrize("key", [k for k in REFERENCE.files if k.startswith("fbank/")])
@@ -88,8 +204,11 @@ def test_frame_count_is_kaldi_snip_edges(num_samples):
     assert num_lfr_frames(extractor, num_samples) == -(-frames // 6) == lfr_frames
 
 
-def test_digital_silence_is_the_epsilon_floor():
-    assert torch.all(kaldi_fbank(torch.zeros(1600)) == float(np.log(np.float32(np.finfo(np.float32).eps))))
+def test_digital_silence_is_the_epsilon_floor_on_both_scales():
+    assert torch.all(kaldi_fbank(torch.zeros(1600)) == LOG_FLOOR)
+    for scale in (1.0, WAVEFORM_SCALE):  # zero times 32768 is zero: silence looks the same to both extractors
+        silence = KaldiFbankFeatureExtractor(waveform_scale=scale)(np.zeros(1600, np.float32))["input_features"]
+        assert torch.all(silence == LOG_FLOOR)
 
 
 @pytest.mark.parametrize(
@@ -100,6 +219,8 @@ def test_digital_silence_is_the_epsilon_floor():
         (torch.zeros(3, 399), {}, "399 samples"),
         (torch.zeros(1600), {"window": "kaiser"}, "'kaiser'"),
         (torch.zeros(1600), {"frame_shift_ms": 0.01}, "shift 0"),
+        (torch.zeros(1600), {"dither": -1.0}, "dither must be >= 0 .*got -1.0"),
+        (torch.zeros(1600), {"dither": float("nan")}, "dither must be >= 0 .*got nan"),
     ],
 )
 def test_kaldi_fbank_errors_name_the_problem(waveform, kwargs, message):
@@ -120,8 +241,9 @@ def mixed_clips() -> list[np.ndarray]:
 
 @pytest.mark.parametrize(
     "settings",
-    [{}, {"num_frames_lfr": 5, "stride_lfr": 4, "window": "povey", "padding_value": -1.0}, {"feature_size": 40}],
-    ids=["defaults", "lfr5-4-povey-pad-1", "40-mel"],
+    [{}, {"num_frames_lfr": 5, "stride_lfr": 4, "window": "povey", "padding_value": -1.0}, {"feature_size": 40},
+     {"waveform_scale": 1.0}],
+    ids=["defaults", "lfr5-4-povey-pad-1", "40-mel", "unit-scale"],
 )
 def test_batch_features_equal_the_extractor_per_utterance(settings):
     extractor = KaldiFbankFeatureExtractor(**settings)
@@ -165,6 +287,27 @@ def test_batch_features_errors_name_the_waveform():
         batch_features(extractor, [np.zeros((2, 1600), np.float32)])
     with pytest.raises(ValueError, match=r"num_frames must hold one count >= 1 per row of features \(2\)"):
         lfr_stack(torch.zeros(2, 5, 8), [5])
+    # The stock class has no waveform_scale: its features would be another model input than ours.
+    with pytest.raises(TypeError, match="KaldiFbankFeatureExtractor .*got FunAsrNanoFeatureExtractor.*load_processor"):
+        batch_features(FunAsrNanoFeatureExtractor(), [np.zeros(1600, np.float32)])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"waveform_scale": 0.0}, "waveform_scale must be a finite number > 0 .*got 0.0"),
+        ({"waveform_scale": float("inf")}, "waveform_scale must be a finite number > 0 .*got inf"),
+        ({"dither": -0.5}, "dither must be >= 0 .*got -0.5"),
+    ],
+)
+def test_extractor_settings_are_checked(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        KaldiFbankFeatureExtractor(**kwargs)
+
+
+# cuFFT/cuBLAS round the faintest bins (energies far below their frame's peak, resolved on the int16 scale) more
+# coarsely than the CPU: 1.1e-3 measured on an H200 (torch 2.11) against the CPU fixtures.
+CUDA_LOG_MEL_ATOL = 2e-3
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -176,7 +319,7 @@ def test_batch_features_on_cuda_equal_torchaudio():
     for i, name in enumerate(CLIP_ORDER):
         expected = REFERENCE[f"lfr/{name}"]
         ours = out["input_features"][i, : len(expected)].cpu().numpy()
-        np.testing.assert_allclose(ours, expected, rtol=0, atol=LOG_MEL_ATOL, err_msg=name)
+        np.testing.assert_allclose(ours, expected, rtol=0, atol=CUDA_LOG_MEL_ATOL, err_msg=name)
 
 
 def test_call_interface_matches_stock():
@@ -191,27 +334,32 @@ def test_call_interface_matches_stock():
         extractor(clip("short"), sampling_rate=8000)
 
 
-def test_saved_config_is_the_stock_extractors(tmp_path):
-    # Stock transformers (with torchaudio) must see exactly what a stock-saved folder holds.
-    KaldiFbankFeatureExtractor(stride_lfr=5).save_pretrained(tmp_path / "ours")
+def test_saved_config_is_the_stock_extractors_plus_scale_and_dither(tmp_path):
+    # Stock transformers (with torchaudio) loads the folder as its own class: the same keys plus our two settings,
+    # which it keeps as attributes and does not apply (make_fbank_fixture.py measured its features: unit scale).
+    KaldiFbankFeatureExtractor(stride_lfr=5, dither=1.0).save_pretrained(tmp_path / "ours")
     FunAsrNanoFeatureExtractor(stride_lfr=5).save_pretrained(tmp_path / "stock")
     ours = json.loads((tmp_path / "ours" / "preprocessor_config.json").read_text())
-    assert ours == json.loads((tmp_path / "stock" / "preprocessor_config.json").read_text())
+    stock = json.loads((tmp_path / "stock" / "preprocessor_config.json").read_text())
+    assert ours == stock | {"waveform_scale": 32768.0, "dither": 1.0}
     assert ours["feature_extractor_type"] == "FunAsrNanoFeatureExtractor"
+    loaded_by_stock = FunAsrNanoFeatureExtractor.from_pretrained(tmp_path / "ours")
+    assert type(loaded_by_stock) is FunAsrNanoFeatureExtractor and loaded_by_stock.waveform_scale == 32768.0
 
 
 def test_processor_round_trip(tmp_path):
     template = "{% for m in messages %}{{ m.content }}{% endfor %}"
     processor = FunAsrNanoProcessor(
-        KaldiFbankFeatureExtractor(stride_lfr=5), real_tokenizer("qwen3"), chat_template=template,
+        KaldiFbankFeatureExtractor(stride_lfr=5, waveform_scale=1.0), real_tokenizer("qwen3"), chat_template=template,
         audio_token="<|box_start|>",
     )
     processor.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "processor_config.json").read_text())
     assert saved["feature_extractor"]["feature_extractor_type"] == "FunAsrNanoFeatureExtractor"
+    assert saved["feature_extractor"]["waveform_scale"] == 1.0
 
     loaded = load_processor(tmp_path)
-    assert type(loaded.feature_extractor) is feature_extractor_class()
+    assert type(loaded.feature_extractor) is KaldiFbankFeatureExtractor
     assert loaded.feature_extractor.to_dict() == processor.feature_extractor.to_dict()
     assert (loaded.chat_template, loaded.audio_token, loaded.audio_token_id) == (
         template, "<|box_start|>", processor.audio_token_id)
@@ -224,21 +372,22 @@ def test_processor_round_trip(tmp_path):
 
 def test_load_feature_extractor_from_folder_and_defaults(tmp_path):
     assert load_feature_extractor().to_dict() == KaldiFbankFeatureExtractor().to_dict()
-    KaldiFbankFeatureExtractor(num_frames_lfr=5).save_pretrained(tmp_path)
-    loaded = load_feature_extractor(tmp_path, stride_lfr=4)
-    assert (loaded.num_frames_lfr, loaded.stride_lfr) == (5, 4)
+    KaldiFbankFeatureExtractor(num_frames_lfr=5, waveform_scale=2.0, dither=0.5).save_pretrained(tmp_path / "ours")
+    loaded = load_feature_extractor(tmp_path / "ours", stride_lfr=4)
+    assert (loaded.num_frames_lfr, loaded.stride_lfr, loaded.waveform_scale, loaded.dither) == (5, 4, 2.0, 0.5)
     with pytest.raises(FileNotFoundError, match="no_such_folder"):
         load_feature_extractor(tmp_path / "no_such_folder")
     with pytest.raises(FileNotFoundError, match="no_such_folder"):
         load_processor(tmp_path / "no_such_folder")
 
 
-@pytest.mark.parametrize("available", [True, False])
-def test_stock_class_is_picked_when_torchaudio_is_available(monkeypatch, available):
-    monkeypatch.setattr(features, "is_torchaudio_available", lambda: available)
-    expected = FunAsrNanoFeatureExtractor if available else KaldiFbankFeatureExtractor
-    assert feature_extractor_class() is expected
-    assert type(load_feature_extractor()) is expected
+def test_folder_saved_by_stock_transformers_gets_the_int16_scale(tmp_path):
+    FunAsrNanoFeatureExtractor(stride_lfr=5).save_pretrained(tmp_path)
+    loaded = load_feature_extractor(tmp_path)
+    assert type(loaded) is KaldiFbankFeatureExtractor
+    assert (loaded.stride_lfr, loaded.waveform_scale, loaded.dither) == (5, WAVEFORM_SCALE, 0.0)
+    # An override of a setting the folder does not hold still applies.
+    assert load_feature_extractor(tmp_path, waveform_scale=1.0).waveform_scale == 1.0
 
 
 def run_python(code: str, pythonpath: Path | None = None) -> subprocess.CompletedProcess:
