@@ -1,8 +1,15 @@
 """The `tokenmap` command line: inspect real tokenizers, compare special tokens, render ASR prompts, add speech
 markers, and build/apply vocabulary maps.
 
-Every command takes tokenizers as a family name (`qwen3`, `llama3`, `gemma2`, ...), a local model folder, a
-tokenizer.json, or a Hugging Face repo id that is in the local cache. Errors print one line and exit with status 1.
+Every command takes tokenizers as a family name (`qwen3`, `llama3`, `gemma2`, `deepseek-v2`, ...), a local model
+folder, a tokenizer.json, or a Hugging Face repo id that is in the local cache. The options mean the same in
+`funasr-swap`: `-o/--output` is always what a command writes (checked writable before any work, written
+atomically), `--manifest FILE` always a JSONL it reads, `--markers reuse|add` the speech-marker strategy. Errors
+print one line and exit with status 1.
+
+Examples: `tokenmap prompt llama3 --language en`; `tokenmap add-markers deepseek-v2 --markers add -o ./ds-v2-speech`;
+`tokenmap build qwen3 llama3 -o q2l.safetensors`; `tokenmap convert q2l.safetensors --manifest train.jsonl -o
+train.llama3.jsonl`
 """
 
 from __future__ import annotations
@@ -10,7 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -19,11 +26,19 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from tokenmap.assets import SOURCES, TokenizerNotFoundError, fetch, load_tokenizer
+from tokenmap.assets import SOURCES, fetch, load_tokenizer
 from tokenmap.families import FAMILIES, ChatFamily, detect_family, get_family
-from tokenmap.io import atomic_folder, atomic_write_lines, parse_json_object
-from tokenmap.markers import resolve_speech_markers
-from tokenmap.prompt import DEFAULT_SYSTEM, AsrTask, build_asr_prompt, build_chat_template
+from tokenmap.io import atomic_folder, atomic_write_lines, check_writable, parse_json_object
+from tokenmap.markers import Strategy, default_strategy, resolve_speech_markers
+from tokenmap.prompt import (
+    DEFAULT_SYSTEM,
+    LANGUAGE_NAMES,
+    AsrTask,
+    build_asr_prompt,
+    build_chat_template,
+    control_tokens,
+    spelled_control_token,
+)
 from tokenmap.vocab_map import VocabMap
 
 app = typer.Typer(
@@ -35,7 +50,8 @@ app = typer.Typer(
 )
 out = Console()
 err = Console(stderr=True)
-USER_ERRORS = (TokenizerNotFoundError, FileNotFoundError, ValueError, KeyError, json.JSONDecodeError)
+# OSError: missing tokenizers and files, unwritable outputs (each message names the path)
+USER_ERRORS = (OSError, ValueError, KeyError)
 
 
 class CliError(Exception):
@@ -73,6 +89,23 @@ def _family_of(tokenizer) -> ChatFamily | None:
 
 
 TokArg = Annotated[str, typer.Argument(help="family name, model folder, tokenizer.json or cached HF repo id")]
+MarkersOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--markers",
+        help="speech markers: reuse (unused special tokens) | add (new special tokens); default: reuse where the "
+        "family has unused special tokens, else add",
+    ),
+]
+
+
+def _marker_strategy(markers: str | None, family: ChatFamily) -> Strategy:
+    """The --markers value, checked; when not given, the family's default (`tokenmap.markers.default_strategy`)."""
+    if markers is None:
+        return default_strategy(family)
+    if markers not in ("reuse", "add"):
+        raise CliError(f"--markers must be reuse or add, got {markers!r}")
+    return markers  # type: ignore[return-value]
 
 
 @app.command("fetch")
@@ -125,7 +158,7 @@ def _marker_cell(tok, fam: ChatFamily | None) -> str:
     try:
         markers = resolve_speech_markers(tok, "reuse", family=fam)
     except ValueError:
-        return "none free: use --strategy add"
+        return "none free: use --markers add"
     return f"{markers.placeholder} = {markers.placeholder_id}"
 
 
@@ -172,24 +205,26 @@ def prompt_command(
     family: Annotated[str, typer.Argument(help=f"chat family ({', '.join(FAMILIES)}) or a tokenizer")],
     tokenizer: Annotated[str | None, typer.Option(help="tokenizer (default: the family's real tokenizer)")] = None,
     frames: Annotated[int, typer.Option(help="audio frames (adaptor outputs) to reserve")] = 4,
-    language: Annotated[str | None, typer.Option(help="transcribe into: zh, en, ja or a name")] = None,
+    language: Annotated[
+        str | None, typer.Option(help=f"transcribe into: {', '.join(LANGUAGE_NAMES)}, or 中文, 英文, 日文")
+    ] = None,
     hotword: Annotated[list[str] | None, typer.Option(help="hotword (repeatable)")] = None,
     itn: Annotated[bool, typer.Option(help="inverse text normalisation")] = True,
     target: Annotated[str | None, typer.Option(help="an answer to append (supervised in the labels)")] = None,
-    strategy: Annotated[str, typer.Option(help="speech marker strategy: reuse | add")] = "reuse",
+    markers: MarkersOpt = None,
 ) -> None:
     """Render the ASR prompt of a family with its token ids, coloured by role.
 
     Example: `tokenmap prompt llama3 --language en --hotword Fun-ASR --target "hello"`
     """
+    task = AsrTask(language=language, itn=itn, hotwords=tuple(hotword or ()))  # an unknown language fails here
     fam = get_family(family) if family in FAMILIES else None
     tok = load_tokenizer(tokenizer or family)
     fam = fam or detect_family(tok)
-    markers = resolve_speech_markers(tok, strategy, family=fam)  # type: ignore[arg-type]
-    task = AsrTask(language=language, itn=itn, hotwords=tuple(hotword or ()))
-    prompt = build_asr_prompt(tok, frames, task, target, family=fam, markers=markers)
+    speech = resolve_speech_markers(tok, _marker_strategy(markers, fam), family=fam)
+    prompt = build_asr_prompt(tok, frames, task, target, family=fam, markers=speech)
     # role boundaries: the template renders prefixes of the conversation to prefixes of the ids
-    template = build_chat_template(fam, markers)
+    template = build_chat_template(fam, speech)
     system = [{"role": "system", "content": DEFAULT_SYSTEM}]
     user = system + [{"role": "user", "content": task.user_content()}]
     render = lambda msgs: len(tok.apply_chat_template(msgs, chat_template=template, return_dict=False))  # noqa: E731
@@ -203,7 +238,7 @@ def prompt_command(
         text.append(f"[{token_id}]", style="dim")
     out.print(
         f"[bold]{fam.name}[/bold] prompt: {len(prompt.input_ids)} tokens, audio at {prompt.audio_start} "
-        f"x {prompt.audio_length} ({markers.placeholder}={markers.placeholder_id}); colours: "
+        f"x {prompt.audio_length} ({speech.placeholder}={speech.placeholder_id}); colours: "
         + ", ".join(f"[{style}]{role}[/{style}]" for role, style in ROLE_STYLES.items())
     )
     out.print(text)
@@ -214,26 +249,26 @@ def prompt_command(
 def add_markers_command(
     tokenizer: TokArg,
     output: Annotated[Path, typer.Option("-o", "--output", help="folder to write the tokenizer to")],
-    strategy: Annotated[str, typer.Option(help="reuse: unused special tokens; add: new special tokens")] = "reuse",
+    markers: MarkersOpt = None,
     boundaries: Annotated[bool, typer.Option(help="also resolve <|startofspeech|>/<|endofspeech|> tokens")] = False,
 ) -> None:
     """Resolve speech markers and save a tokenizer folder that `AutoTokenizer.from_pretrained` loads.
 
-    With `--strategy add` the new token ids are printed: the model's embedding needs rows for them.
+    With `--markers add` the new token ids are printed: the model's embedding needs rows for them.
 
-    Example: `tokenmap add-markers deepseek-v2 --strategy add --boundaries -o ./ds-v2-speech`
+    Example: `tokenmap add-markers deepseek-v2 --markers add --boundaries -o ./ds-v2-speech`
     """
-    if strategy not in ("reuse", "add"):
-        raise CliError(f"--strategy must be reuse or add, got {strategy!r}")
+    check_writable(output, folder=True)
     tok = load_tokenizer(tokenizer)
-    markers = resolve_speech_markers(tok, strategy, boundaries=boundaries)  # type: ignore[arg-type]
+    fam = detect_family(tok)
+    speech = resolve_speech_markers(tok, _marker_strategy(markers, fam), boundaries=boundaries, family=fam)
     with atomic_folder(output) as tmp:
         tok.save_pretrained(tmp)
-        (tmp / "speech_markers.json").write_text(json.dumps(markers.tokens, ensure_ascii=False, indent=2))
-    for role, (token, token_id) in markers.tokens.items():
+        (tmp / "speech_markers.json").write_text(json.dumps(speech.tokens, ensure_ascii=False, indent=2))
+    for role, (token, token_id) in speech.tokens.items():
         out.print(f"{role:12} {token} = {token_id}")
-    if markers.added_ids:
-        out.print(f"[yellow]added ids {list(markers.added_ids)}: the LLM embedding needs these rows[/yellow]")
+    if speech.added_ids:
+        out.print(f"[yellow]added ids {list(speech.added_ids)}: the LLM embedding needs these rows[/yellow]")
     out.print(f"saved to {output}")
 
 
@@ -250,6 +285,7 @@ def build_command(
     """
     if output.suffix not in (".safetensors", ".json"):
         raise CliError(f"--output {output} must end in .safetensors or .json")
+    check_writable(output)
     vocab_map = VocabMap.build(load_tokenizer(src), load_tokenizer(dst))
     vocab_map.save(output)
     stats = vocab_map.stats()
@@ -263,29 +299,51 @@ def build_command(
     out.print(f"saved to {output}")
 
 
+def _text_controls(tokenizer) -> list[str]:
+    """The control tokens that manifest text must not spell for `tokenizer`: those of its family's ASR template
+    (role markers, BOS/EOS, the tokens speech markers reuse), or of its own chat template when its family is
+    unknown."""
+    fam = _family_of(tokenizer)
+    return control_tokens(tokenizer, build_chat_template(fam) if fam else tokenizer.chat_template or "")
+
+
 def _convert_manifest(
-    lines, vocab_map: VocabMap, dst, ids_field: str, text_field: str | None, canonical: bool, source: Path
-):
+    lines: Iterable[str], vocab_map: VocabMap, dst, ids_field: str, text_field: str, canonical: bool, source: Path
+) -> Iterator[str]:
+    """Each non-blank line of `source` with its ids field converted (or made from its text field), as JSON."""
+    controls = _text_controls(dst)
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
+        where = f"{source}:{number}"
         try:
             record = parse_json_object(line)
         except ValueError as exc:
-            raise CliError(f"{source}:{number}: {exc}") from None
+            raise CliError(f"{where}: {exc}") from None
         if ids_field in record:
             ids = record[ids_field]
             if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
-                raise CliError(f"{source}:{number}: field {ids_field!r} must be a list of token ids")
+                raise CliError(f"{where}: field {ids_field!r} must be a list of token ids")
             try:
                 record[ids_field] = vocab_map.convert(ids, canonical=canonical)
             except ValueError as exc:
-                raise CliError(f"{source}:{number}: {exc}") from None
-        elif text_field is not None and text_field in record:
-            record[ids_field] = dst(record[text_field], add_special_tokens=False).input_ids
+                raise CliError(f"{where}: {exc}") from None
+        elif text_field in record:
+            text = record[text_field]
+            if not isinstance(text, str):
+                raise CliError(f"{where}: field {text_field!r} must be a string, got {type(text).__name__}")
+            if (control := spelled_control_token(text, controls)) is not None:
+                raise CliError(
+                    f"{where}: field {text_field!r} spells the control token {control!r} of the target tokenizer; "
+                    "it would become that token, not text: remove it from the line"
+                )
+            record[ids_field] = dst(text, add_special_tokens=False).input_ids
         else:
-            wanted = ids_field + (f" or {text_field!r}" if text_field else "")
-            raise CliError(f"{source}:{number}: no field {wanted!r}")
+            fields = ", ".join(repr(key) for key in record) or "none"
+            raise CliError(
+                f"{where}: no field {ids_field!r} or {text_field!r} (fields: {fields}); "
+                "name yours with --ids-field / --text-field"
+            )
         yield json.dumps(record, ensure_ascii=False)
 
 
@@ -294,39 +352,54 @@ def _convert_manifest(
 def convert_command(
     map_file: Annotated[Path, typer.Argument(metavar="MAP", help="a map written by `tokenmap build`")],
     ids: Annotated[list[int] | None, typer.Argument(help="source token ids to convert")] = None,
-    jsonl: Annotated[Path | None, typer.Option(help="JSONL manifest to convert (streamed)")] = None,
+    manifest: Annotated[Path | None, typer.Option(help="JSONL manifest to convert (read as a stream)")] = None,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="output JSONL (atomic)")] = None,
-    ids_field: Annotated[str, typer.Option(help="field holding source token ids")] = "ids",
-    text_field: Annotated[str | None, typer.Option(help="field holding text, tokenised with the target")] = None,
+    ids_field: Annotated[str, typer.Option(help="field holding source token ids, converted with the map")] = "ids",
+    text_field: Annotated[
+        str, typer.Option(help="field holding text, tokenised with the target where a line has no ids field")
+    ] = "text",
     src: Annotated[str | None, typer.Option(help="source tokenizer (default: the one the map names)")] = None,
     dst: Annotated[str | None, typer.Option(help="target tokenizer (default: the one the map names)")] = None,
     canonical: Annotated[bool, typer.Option(help="re-encode text runs as the target would tokenise them")] = False,
 ) -> None:
-    """Convert token ids with a map: ids on the command line, or a JSONL manifest's id/text fields.
+    """Convert token ids with a map: ids on the command line, or each line of a JSONL manifest.
+
+    A manifest line's `--ids-field` (source token ids) is converted with the map. A line without it gets the target
+    tokenizer's ids of its `--text-field` in the ids field, so the project's own manifests (`audio`, `text`,
+    `language`, `duration`) convert as they are. Text that spells a control token of the target (`<|im_end|>`,
+    `<|eot_id|>`, `<end_of_turn>`, a speech marker, BOS/EOS...) is refused with its line number: it would become
+    that token, and no encoder option keeps it text for every tokenizer (Gemma-2's `<end_of_turn>` and DeepSeek-V3's
+    `<｜User｜>` are not flagged special, so `split_special_tokens` still matches them). Other fields are kept.
 
     The tokenizers are checked against the fingerprints stored in the map; a mismatch is an error.
 
-    Examples: `tokenmap convert qwen3-llama3.safetensors 14990 1879`;
-    `tokenmap convert m.safetensors --jsonl train.jsonl -o train.llama3.jsonl`
+    Examples: `tokenmap convert q2l.safetensors 14990 1879`;
+    `tokenmap convert q2l.safetensors --manifest train.jsonl -o train.llama3.jsonl`
     """
+    if manifest is None:
+        if not ids:
+            raise CliError("give token ids or --manifest FILE")
+        if output is not None:
+            raise CliError("-o/--output writes a converted --manifest; give --manifest FILE or leave -o out")
+    else:
+        if ids:
+            raise CliError("give token ids or --manifest FILE, not both")
+        if output is None:
+            raise CliError("--manifest needs -o/--output")
+        if not manifest.is_file():
+            raise CliError(f"{manifest}: no such manifest file")
+        check_writable(output)
     if not map_file.is_file():
         raise CliError(f"{map_file}: no such map file")
     vocab_map = VocabMap.load(map_file)
     src_tok = load_tokenizer(src or vocab_map.src_name)
     dst_tok = load_tokenizer(dst or vocab_map.dst_name)
     vocab_map.check(src_tok, dst_tok)
-    if jsonl is None:
-        if not ids:
-            raise CliError("give token ids or --jsonl FILE")
-        converted = vocab_map.convert(ids, canonical=canonical)
-        out.print(" ".join(map(str, converted)))
+    if manifest is None:
+        out.print(" ".join(map(str, vocab_map.convert(ids, canonical=canonical))))  # type: ignore[arg-type]
         return
-    if output is None:
-        raise CliError("--jsonl needs -o/--output")
-    if not jsonl.is_file():
-        raise CliError(f"{jsonl}: no such file")
-    with jsonl.open(encoding="utf-8") as lines:
-        records = _convert_manifest(lines, vocab_map, dst_tok, ids_field, text_field, canonical, jsonl)
+    with manifest.open(encoding="utf-8") as lines:
+        records = _convert_manifest(lines, vocab_map, dst_tok, ids_field, text_field, canonical, manifest)
         counted = [0]
 
         def count(records):
@@ -334,7 +407,7 @@ def convert_command(
                 counted[0] += 1
                 yield record
 
-        atomic_write_lines(output, count(records))
+        atomic_write_lines(output, count(records))  # type: ignore[arg-type]
     out.print(f"wrote {counted[0]:,} lines to {output}")
 
 

@@ -55,6 +55,12 @@ class SpeechMarkers:
         return out
 
 
+def default_strategy(family: str | ChatFamily) -> Strategy:
+    """The marker strategy a swap into `family` uses unless told otherwise: `reuse` where the family's tokenizers
+    have unused special tokens (no embedding resize), else `add`."""
+    return "reuse" if get_family(family).unused_special else "add"
+
+
 def resolve_speech_markers(
     tokenizer: PreTrainedTokenizerBase,
     strategy: Strategy = "reuse",

@@ -33,8 +33,16 @@ IGNORE_INDEX = -100
 
 
 def language_name(language: str) -> str:
-    """The checkpoint's name for a language code or English name; other names pass through unchanged."""
-    return LANGUAGE_NAMES.get(language.strip().lower(), language)
+    """The checkpoint's name for a language: a code or English name of `LANGUAGE_NAMES` (any case), or one of the
+    checkpoint's own names (中文, 英文, 日文). Any other language is a ValueError listing the known ones: the model
+    was never trained to transcribe into it."""
+    key = language.strip().lower()
+    if key in LANGUAGE_NAMES:
+        return LANGUAGE_NAMES[key]
+    if key in LANGUAGE_NAMES.values():
+        return key
+    known = [*LANGUAGE_NAMES, *dict.fromkeys(LANGUAGE_NAMES.values())]
+    raise ValueError(f"unknown language {language!r}; known: {', '.join(known)}")
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,10 @@ class AsrTask:
     itn: bool = True
     hotwords: tuple[str, ...] = ()
     context: tuple[str, ...] = ()  # free-text context prompts (the checkpoint's "text" items)
+
+    def __post_init__(self) -> None:
+        if self.language is not None:
+            language_name(self.language)  # an unknown language fails here, before any prompt is built
 
     def user_content(self) -> list[dict]:
         """The user message's content items, in the order `apply_transcription_request` builds them."""
@@ -179,12 +191,17 @@ def check_user_text(tokenizer: PreTrainedTokenizerBase, template: str, field: st
     """
     specials = control_tokens(tokenizer, template)
     for text in texts:
-        for special in specials:
-            if special in text:
-                raise ValueError(
-                    f"{field} {text!r} contains the special token {special!r}; remove it, or pass "
-                    "allow_special_text=True to encode it as ordinary text (it never becomes a control token)"
-                )
+        if (special := spelled_control_token(text, specials)) is not None:
+            raise ValueError(
+                f"{field} {text!r} contains the special token {special!r}; remove it, or pass "
+                "allow_special_text=True to encode it as ordinary text (it never becomes a control token)"
+            )
+
+
+def spelled_control_token(text: str, controls: Sequence[str]) -> str | None:
+    """The first of `controls` (`control_tokens`, longest first) that `text` spells, or None: a tokenizer would
+    read that part of `text` as the control token, not as characters."""
+    return next((token for token in controls if token in text), None)
 
 
 def _render_ids(tokenizer: PreTrainedTokenizerBase, template: str, messages: list[dict], **kwargs) -> list[int]:

@@ -203,6 +203,30 @@ class _Speller:
         return _segment(data, self.index, self.max_len)
 
 
+def _read_map_file(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """The header and arrays of a `.safetensors` or `.json` map file; ValueError naming the file when it is not a
+    whole one (truncated, or another kind of file)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        if path.suffix == ".safetensors":
+            with safe_open(str(path), framework="numpy") as f:
+                metadata = f.metadata() or {}
+                if "vocab_map" not in metadata:
+                    raise ValueError(f"{path}: no 'vocab_map' metadata; not a file written by VocabMap.save")
+                header = json.loads(metadata["vocab_map"])
+                arrays = {k: f.get_tensor(k) for k in _DTYPES}
+        else:
+            header = json.loads(path.read_text(encoding="utf-8"))
+            arrays = {}
+    except (SafetensorError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not a whole vocabulary map ({error}); rebuild it with `tokenmap build`") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: expected a vocabulary map (a JSON object), got a {type(header).__name__}")
+    arrays = arrays or {k: np.asarray(header.get(k, []), dtype=dtype) for k, dtype in _DTYPES.items()}
+    return header, arrays
+
+
 @dataclass(frozen=True)
 class TokenMatch:
     """How one source token maps: its kind (see `KINDS`), the target ids, and its one-to-one partner if any."""
@@ -505,38 +529,33 @@ class VocabMap:
         dst: PreTrainedTokenizerBase | None = None,
     ) -> VocabMap:
         """Read a map written by `save`. With `src` and `dst`, `check` them (a mismatch raises
-        VocabMapMismatchError naming both fingerprints)."""
+        VocabMapMismatchError naming both fingerprints). A file that is not a whole map (empty, truncated, another
+        format) raises ValueError naming it."""
         path = Path(path)
         if (src is None) != (dst is None):
             raise ValueError("src, dst: give both tokenizers or neither")
-        if path.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="numpy") as f:
-                metadata = f.metadata() or {}
-                if "vocab_map" not in metadata:
-                    raise ValueError(f"{path}: no 'vocab_map' metadata; not a file written by VocabMap.save")
-                header = json.loads(metadata["vocab_map"])
-                arrays = {k: f.get_tensor(k) for k in _DTYPES}
-        elif path.suffix == ".json":
-            header = json.loads(path.read_text(encoding="utf-8"))
-            arrays = {k: np.asarray(header.get(k, []), dtype=dtype) for k, dtype in _DTYPES.items()}
-        else:
+        if path.suffix not in (".safetensors", ".json"):
             raise ValueError(f"path: {path} must end in .safetensors or .json")
+        if path.stat().st_size == 0:
+            raise ValueError(f"{path}: empty file, not a vocabulary map; rebuild it with `tokenmap build`")
+        header, arrays = _read_map_file(path)
         if header.get("format") != FORMAT or header.get("kind_names") != list(KINDS):
             raise ValueError(f"{path}: format {header.get('format')!r}, expected {FORMAT!r}")
-        s, d = header["src"], header["dst"]
-        vm = cls(
-            s["name"],
-            d["name"],
-            s["strips"],
-            d["strips"],
-            d["size"],
-            first={int(i): ids for i, ids in header["first"].items()},
-            specials=header["specials"],
-            **arrays,
-        )
-        vm._fingerprints = [s["fingerprint"], d["fingerprint"]]
+        try:
+            s, d = header["src"], header["dst"]
+            vm = cls(
+                s["name"],
+                d["name"],
+                s["strips"],
+                d["strips"],
+                d["size"],
+                first={int(i): ids for i, ids in header["first"].items()},
+                specials=header["specials"],
+                **arrays,
+            )
+            vm._fingerprints = [s["fingerprint"], d["fingerprint"]]
+        except KeyError as error:
+            raise ValueError(f"{path}: damaged vocabulary map, no key {error} in its header") from None
         if src is not None:
             vm.check(src, dst)
         return vm

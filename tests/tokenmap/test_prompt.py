@@ -15,6 +15,7 @@ from tokenmap.prompt import (
     AsrTask,
     build_asr_prompt,
     build_chat_template,
+    language_name,
 )
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
@@ -317,3 +318,18 @@ def test_a_processors_template_with_boundaries_gives_the_same_ids():
         tok, 3, target="x", markers=placeholder_only, chat_template=build_chat_template("llama3", markers)
     )
     assert via_template == build_asr_prompt(tok, 3, target="x", markers=markers)
+
+
+@pytest.mark.parametrize(
+    ("language", "name"), [("zh", "中文"), (" EN ", "英文"), ("Japanese", "日文"), ("中文", "中文")]
+)
+def test_language_codes_english_names_and_the_checkpoints_names_are_accepted(language, name):
+    assert language_name(language) == name
+    tok = real_tokenizer("qwen3")
+    assert build_asr_prompt(tok, 1, AsrTask(language=language)) == build_asr_prompt(tok, 1, AsrTask(language=name))
+
+
+@pytest.mark.parametrize("language", ["xx", "fr", "Cantonese", ""])
+def test_an_unknown_language_fails_when_the_task_is_made_naming_the_known_ones(language):
+    with pytest.raises(ValueError, match=f"unknown language {language!r}; known: zh, chinese, en, .*中文, 英文, 日文$"):
+        AsrTask(language=language)
