@@ -52,6 +52,8 @@ from torch import nn
 from transformers import FunAsrNanoAdaptorConfig, FunAsrNanoConfig
 from transformers.models.fun_asr_nano.modeling_fun_asr_nano import FunAsrNanoMultiModalProjector
 
+from funasr_swap.llms import count_parameters
+
 __all__ = [
     "EmbeddingBridge",
     "ResizeReport",
@@ -237,10 +239,6 @@ def _fresh_projector(
     return projector
 
 
-def _num_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 @torch.no_grad()
 def _widen(old: FunAsrNanoMultiModalProjector, new: FunAsrNanoMultiModalProjector, bridge: EmbeddingBridge) -> None:
     """Overwrite `new` (freshly initialised, at least as wide) so that new(x) = W · old(x); see the module docstring.
@@ -406,7 +404,7 @@ def resize_adaptor(
             new.linear_1.weight.copy_(adaptor.linear_1.weight)
             new.linear_1.bias.copy_(adaptor.linear_1.bias)
         new = new.to(device=param.device, dtype=param.dtype).train(adaptor.training)
-        return new, ResizeReport(strategy, old_dim, new_llm_dim, _num_params(adaptor), _num_params(new))
+        return new, ResizeReport(strategy, old_dim, new_llm_dim, count_parameters(adaptor), count_parameters(new))
 
     _widen(adaptor, new, bridge)
     new = new.to(device=param.device, dtype=param.dtype)
@@ -423,8 +421,8 @@ def resize_adaptor(
         strategy,
         old_dim,
         new_llm_dim,
-        _num_params(adaptor),
-        _num_params(new),
+        count_parameters(adaptor),
+        count_parameters(new),
         r2_least_squares=bridge.r2_least_squares,
         r2_isometry=bridge.r2_isometry,
         widening_max_error=max_error,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -266,7 +267,10 @@ def original_config(folder: str | Path) -> FunAsrNanoConfig:
 def read_original_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict in an original `model.pt` (tensors only, `weights_only=True`), unwrapped from a "state_dict" or
     "model" entry when the file holds a training checkpoint."""
-    loaded = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as error:  # truncated or not a torch file
+        raise OSError(f"{path}: cannot read the weights ({error}): truncated or corrupt; copy it again") from None
     for wrapper in ("state_dict", "model"):
         if isinstance(loaded, dict) and isinstance(loaded.get(wrapper), dict):
             loaded = loaded[wrapper]

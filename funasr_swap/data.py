@@ -8,6 +8,10 @@ A manifest has one JSON object per line:
 `language` (optional) a code such as "en" or "zh"; `duration` (optional) seconds, read from the file when absent;
 `task` (optional) "transcribe" (the default: the plain ASR prompt) or "language" (the prompt names the language,
 "语音转写成英文：", and needs `language`). Other keys are ignored; blank lines are skipped.
+
+Given the model's tokenizer, `load_manifest` also refuses text that spells one of its control tokens (`<|im_end|>`,
+`<|eot_id|>`, a speech marker...): as a target it would read as a role or speech marker, and the collator refuses it
+(`tokenmap.prompt.check_user_text`), which would otherwise stop a training run mid-way.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from pathlib import Path
 
 import soundfile
 import torch
-from transformers import FunAsrNanoForConditionalGeneration, FunAsrNanoProcessor
+from transformers import FunAsrNanoForConditionalGeneration, FunAsrNanoProcessor, PreTrainedTokenizerBase
 from transformers.modeling_outputs import BaseModelOutput
 
 from funasr_swap.audio import load_audio
@@ -30,7 +34,15 @@ from funasr_swap.features import batch_features
 from tokenmap.families import detect_family
 from tokenmap.io import parse_json_object
 from tokenmap.markers import SpeechMarkers
-from tokenmap.prompt import IGNORE_INDEX, AsrPrompt, AsrTask, build_asr_prompt
+from tokenmap.prompt import (
+    IGNORE_INDEX,
+    AsrPrompt,
+    AsrTask,
+    build_asr_prompt,
+    control_tokens,
+    language_name,
+    spelled_control_token,
+)
 
 __all__ = [
     "TASKS", "AsrCollator", "Manifest", "Utterance", "bucket_batches", "load_manifest", "precomputed_audio",
@@ -87,8 +99,10 @@ def _parse_line(line: str, folder: Path) -> Utterance:
         raise ValueError(f"'language' must be a non-empty string or null, got {language!r}")
     if task is not None and task not in TASKS:
         raise ValueError(f"'task' must be one of {', '.join(TASKS)} or null, got {task!r}")
-    if task == "language" and language is None:
-        raise ValueError("task 'language' needs a 'language'")
+    if task == "language":
+        if language is None:
+            raise ValueError("task 'language' needs a 'language'")
+        language_name(language)  # the prompt names it: an unknown one is refused here, not by the collator mid-run
     if duration is not None and (
         isinstance(duration, bool) or not isinstance(duration, (int, float)) or not math.isfinite(duration)
         or duration <= 0
@@ -108,24 +122,55 @@ def _parse_line(line: str, folder: Path) -> Utterance:
     return Utterance(path, text, language, float(duration) if duration is not None else info.duration, task)
 
 
-def load_manifest(path: str | os.PathLike, *, skip_bad: bool = False) -> Manifest:
+def _check_for_model(utterance: Utterance, controls: Sequence[str], max_seconds: float | None) -> None:
+    """ValueError when the utterance's text spells one of the `controls` tokens, or its audio is longer than
+    `max_seconds`."""
+    if (token := spelled_control_token(utterance.text, controls)) is not None:
+        raise ValueError(
+            f"'text' {utterance.text!r} spells the control token {token!r} of the model's tokenizer (it would read "
+            "as a role or speech marker); remove it from the line"
+        )
+    if max_seconds is not None and utterance.duration > max_seconds:
+        raise ValueError(
+            f"audio {utterance.audio} is {utterance.duration:.1f} s long, longer than max_seconds="
+            f"{max_seconds:g} (CLI: --max-seconds); split it, or raise the maximum"
+        )
+
+
+def load_manifest(
+    path: str | os.PathLike,
+    *,
+    skip_bad: bool = False,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    max_seconds: float | None = None,
+) -> Manifest:
     """Read and validate a JSONL manifest (format: the module docstring).
 
     Every line is checked: valid JSON object, `audio` and non-empty `text` present, optional fields well typed, and
     the audio file exists and soundfile can read its header (which gives `duration` when the line has none).
+    With `tokenizer` (the model's, carrying its chat template: `processor.tokenizer`), a `text` that spells one of
+    its control tokens (`tokenmap.prompt.control_tokens`: special tokens, and added tokens its template writes) is a
+    bad line; with `max_seconds`, so is a clip longer than that (its `duration`, or the file's length when the line
+    gives none).
     A bad line raises ValueError naming it, `train.jsonl:17: audio file clips/a.wav not found`, unless `skip_bad`,
     which skips it and records `(line, reason)` in `Manifest.skipped`. A manifest without any valid line raises.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest {path} does not exist")
+    if max_seconds is not None and not max_seconds > 0:
+        raise ValueError(f"max_seconds must be a positive number of seconds or None, got {max_seconds!r}")
+    # what the collator's prompt refuses in a target: computed once, checked on every line
+    controls = control_tokens(tokenizer, tokenizer.chat_template or "") if tokenizer is not None else []
     utterances, skipped = [], []
     with path.open("rb") as handle:  # bytes: a line that is not UTF-8 is reported with its number too
         for number, raw in enumerate(handle, start=1):
             if not raw.strip():
                 continue
             try:
-                utterances.append(_parse_line(raw.decode("utf-8"), path.parent))
+                utterance = _parse_line(raw.decode("utf-8"), path.parent)
+                _check_for_model(utterance, controls, max_seconds)
+                utterances.append(utterance)
             except ValueError as error:  # UnicodeDecodeError is one too
                 if not skip_bad:
                     raise ValueError(f"{path}:{number}: {error}") from None
@@ -193,6 +238,9 @@ class AsrCollator:
                  (B, F, hidden), computed without gradients; run the model's forward inside
                  `precomputed_audio(model)`, which stands in for the tower. The tower must stay frozen and in eval
                  mode (no dropout) for its outputs to be the ones it would compute in the step.
+
+    `dither` > 0 adds Kaldi's dither to the (int16-scale) waveform of every batch, drawn from torch's default
+    generator (the trainer seeds it; funasr trains with 1.0); it excludes both caches.
     """
 
     def __init__(
@@ -202,12 +250,15 @@ class AsrCollator:
         sampling_rate: int = 16000,
         cache: bool = False,
         encoder: torch.nn.Module | None = None,
+        dither: float = 0.0,
     ):
         feature_rate = processor.feature_extractor.sampling_rate
         if sampling_rate != feature_rate:
             raise ValueError(f"sampling_rate {sampling_rate} != the feature extractor's {feature_rate}")
         if processor.tokenizer.pad_token_id is None:
             raise ValueError("the processor's tokenizer has no pad token; set tokenizer.pad_token (swap_llm does)")
+        if dither and (cache or encoder is not None):
+            raise ValueError(f"AsrCollator: dither {dither} draws new noise every epoch; a cache would keep the first")
         if encoder is not None and any(p.requires_grad for p in encoder.parameters()):
             raise ValueError("AsrCollator: the encoder whose outputs it computes must be frozen (requires_grad off)")
         self.processor = processor
@@ -215,6 +266,7 @@ class AsrCollator:
         self.family = detect_family(processor.tokenizer)
         self.markers = SpeechMarkers(processor.audio_token, processor.audio_token_id)
         self.encoder = encoder
+        self.dither = dither
         # one rendering per (task, transcript), with one audio frame: an epoch after the first renders nothing
         self._prompts: dict[tuple[AsrTask, str], AsrPrompt] = {}
         self._audio: dict[Path, torch.Tensor] | None = {} if cache else None  # audio path -> (frames, dim)
@@ -235,7 +287,7 @@ class AsrCollator:
         """Each clip's features (or encoder outputs) at its valid frames, (frames, dim), on the CPU."""
         waveforms = [load_audio(path, self.sampling_rate) for path in paths]
         with _one_torch_thread():
-            features = batch_features(self.processor.feature_extractor, waveforms)
+            features = batch_features(self.processor.feature_extractor, waveforms, dither=self.dither)
         inputs, mask = features["input_features"], features["input_features_mask"]
         if self.encoder is not None:
             weight = next(self.encoder.parameters())

@@ -484,36 +484,41 @@ def text_config(name: str, **overrides: Any) -> PreTrainedConfig:
     return AutoConfig.for_model(spec.model_type, **{**_hf_kwargs(spec), **overrides})
 
 
-# Tiny sizes shared by every family; the vocabulary stays real (see tiny_text_config).
-_TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
-
-
-def tiny_text_config(name: str, **overrides: Any) -> PreTrainedConfig:
+def tiny_text_config(name: str, width: int = 64, **overrides: Any) -> PreTrainedConfig:
     """A small config of the same class and model_type as LLM `name`, for tests and the miniature world.
 
-    Width 64, 2 layers, 4 heads (2 KV heads where the real model uses GQA), head_dim 16, MLP 128. The vocabulary is
-    the published `vocab_size` (the real embedding rows, padding included; always >= the real tokenizer's length),
-    so token ids and embedding shapes match real checkpoints of the family. Family structure is kept: Gemma-2's
-    soft-capping values and sliding layers (query_pre_attn_scalar = head_dim, as in 2B/9B), the RoPE scaling
-    type, tied or untied embeddings; DeepSeek MoE keeps one dense layer then MoE (8 small routed experts, top-2,
-    its shared experts and routing), and MLA keeps its structure with small ranks (no query compression for V2-Lite).
+    `width` wide, 2 layers, 4 heads (2 KV heads where the real model uses GQA), head_dim width / 4, MLP 2 x width.
+    The vocabulary is the published `vocab_size` (the real embedding rows, padding included; always >= the real
+    tokenizer's length), so token ids and embedding shapes match real checkpoints of the family. Family structure is
+    kept: Gemma-2's soft-capping values and sliding layers (query_pre_attn_scalar = head_dim, as in 2B/9B), the RoPE
+    scaling type, tied or untied embeddings. DeepSeek MoE keeps one dense layer then MoE (8 routed experts of width
+    / 4, top-2, its shared experts and routing); MLA keeps DeepSeek-V2-Lite's proportions (KV rank, no-position and
+    value head dims width / 4, RoPE head dim width / 8), with a compressed query (rank width / 2) only where the
+    real model has one. `overrides` apply last.
     """
     spec = get_llm(name)
-    tiny: dict[str, Any] = dict(_TINY)
-    heads = tiny["num_attention_heads"]
-    tiny["num_key_value_heads"] = heads if spec.num_kv_heads == spec.num_heads else heads // 2
+    heads = 4
+    tiny: dict[str, Any] = dict(
+        hidden_size=width,
+        num_hidden_layers=2,
+        num_attention_heads=heads,
+        num_key_value_heads=heads if spec.num_kv_heads == spec.num_heads else heads // 2,
+        intermediate_size=2 * width,
+    )
     if spec.uses_mla:
         tiny.update(
-            kv_lora_rank=16,
-            q_lora_rank=None if spec.q_lora_rank is None else 32,
-            qk_rope_head_dim=8,
-            qk_nope_head_dim=8,
-            v_head_dim=16,
+            kv_lora_rank=width // 4,
+            q_lora_rank=None if spec.q_lora_rank is None else width // 2,
+            qk_rope_head_dim=width // 8,
+            qk_nope_head_dim=width // 4,
+            v_head_dim=width // 4,
         )
     else:
-        tiny["head_dim"] = tiny["hidden_size"] // heads
+        tiny["head_dim"] = width // heads
     if spec.is_moe:
-        tiny.update(n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=32, first_k_dense_replace=1)
+        tiny.update(
+            n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=width // 4, first_k_dense_replace=1
+        )
         if spec.extra.get("n_group", 1) > 1:
             tiny.update(n_group=4, topk_group=2)  # group-limited routing stays active: 2 of 4 groups of 2 experts
     if "query_pre_attn_scalar" in spec.extra:
@@ -521,15 +526,51 @@ def tiny_text_config(name: str, **overrides: Any) -> PreTrainedConfig:
     return text_config(name, **{**tiny, **overrides})
 
 
-def count_parameters(config: PreTrainedConfig) -> int:
-    """Parameters of `AutoModelForCausalLM.from_config(config)`, built on the meta device (no memory, fast);
-    tied embeddings count once."""
+def count_parameters(model: torch.nn.Module | PreTrainedConfig) -> int:
+    """Parameters of a module, a shared (tied) parameter once; given a text config, of the causal LM
+    `AutoModelForCausalLM.from_config` builds from it, built on the meta device (no memory, fast)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+    if not isinstance(model, torch.nn.Module):
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(model)
     return sum(p.numel() for p in model.parameters())
+
+
+_ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+_MLA = ("kv_a_proj_with_mqa", "kv_b_proj", "o_proj")  # the query's projections depend on the config: lora_targets
+_MLP = ("gate_proj", "up_proj", "down_proj")
+# Every attention and MLP projection of each model_type's decoder, by module name (peft `target_modules`). DeepSeek's
+# MLA reads keys and values through kv_a_proj_with_mqa and kv_b_proj, and its query through q_proj, or q_a_proj and
+# q_b_proj when compressed (q_lora_rank). In DeepSeek's MoE layers, peft (0.21, with transformers 5: its mapping of
+# transformers-4 adapters) reads the MLP names as the routed experts' fused weights: LoRA goes there, and the dense
+# first layers' MLP and the shared experts stay without it. The miniature's DeepSeek swaps measured this set.
+LORA_TARGETS: dict[str, tuple[str, ...]] = {
+    "qwen3": _ATTENTION + _MLP,
+    "llama": _ATTENTION + _MLP,
+    "gemma2": _ATTENTION + _MLP,
+    "deepseek_v2": _MLA + _MLP,
+    "deepseek_v3": _MLA + _MLP,
+}
+
+
+def lora_targets(config: PreTrainedConfig) -> tuple[str, ...]:
+    """The module names LoRA adapts in an LLM of text config `config`: every attention and MLP projection.
+
+    The default of `funasr_swap.train.LoraSettings.target_modules`. A model_type outside the registry raises,
+    naming the known ones: pass the module names explicitly then.
+    """
+    if config.model_type not in LORA_TARGETS:
+        raise ValueError(
+            f"no LoRA targets known for model_type {config.model_type!r} (known: {', '.join(LORA_TARGETS)}); "
+            "pass the module names explicitly (LoraSettings.target_modules, CLI --lora-targets)"
+        )
+    targets = LORA_TARGETS[config.model_type]
+    if targets[: len(_MLA)] == _MLA:
+        query = ("q_proj",) if config.q_lora_rank is None else ("q_a_proj", "q_b_proj")
+        targets = query + targets
+    return targets
 
 
 def match_llm(config: PreTrainedConfig | dict[str, Any]) -> LLMSpec | None:

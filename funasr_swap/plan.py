@@ -14,13 +14,15 @@ from transformers import FunAsrNanoConfig, FunAsrNanoEncoderConfig
 from transformers.models.fun_asr_nano.modeling_fun_asr_nano import FunAsrNanoEncoder, FunAsrNanoMultiModalProjector
 
 from funasr_swap.adaptor import adaptor_config_for
-from funasr_swap.llms import LLMS, get_llm, text_config
+from funasr_swap.llms import LLMS, count_parameters, get_llm, text_config
 from tokenmap.families import get_family
+from tokenmap.markers import default_strategy
 
 GIB = 1024**3
 # The seed's three migration paths: A stays in the Qwen family, B moves to Llama-3.2-3B, C to an MoE.
 MIGRATION_PATHS = {"Llama-3.2-3B": "B", "DeepSeek-V2-Lite": "C"}
 ADAPTOR_TRAINING_BYTES = 4 + 4 + 8  # fp32 master copy, gradient, AdamW first and second moments
+INFERENCE_BYTES = 2  # bf16 weights
 
 
 @dataclass(frozen=True)
@@ -38,39 +40,45 @@ class PlanRow:
     path: str
 
 
-def _params(module_class, config) -> int:
-    with torch.device("meta"):
-        return sum(p.numel() for p in module_class(config).parameters())
-
-
 def adaptor_params(llm: str) -> int:
     """Parameters of the real Fun-ASR-Nano adaptor (512 -> 2048 -> llm_dim, 2 blocks) in front of registry LLM `llm`."""
     text = text_config(llm)
     adaptor = adaptor_config_for(text.hidden_size, FunAsrNanoConfig().adaptor_config)
-    return _params(FunAsrNanoMultiModalProjector, FunAsrNanoConfig(adaptor_config=adaptor, text_config=text))
-
-
-def _llm_params(name: str) -> int:
     with torch.device("meta"):
-        from transformers import AutoModelForCausalLM
+        return count_parameters(
+            FunAsrNanoMultiModalProjector(FunAsrNanoConfig(adaptor_config=adaptor, text_config=text))
+        )
 
-        return sum(p.numel() for p in AutoModelForCausalLM.from_config(text_config(name)).parameters())
+
+def model_params(llm: str) -> int:
+    """Parameters of a real-shape Fun-ASR-Nano around registry LLM `llm`: encoder, adaptor at its width, the LLM."""
+    with torch.device("meta"):
+        encoder = count_parameters(FunAsrNanoEncoder(FunAsrNanoEncoderConfig()))
+    return encoder + adaptor_params(llm) + count_parameters(text_config(llm))
+
+
+def inference_gib(llm: str) -> float:
+    """The plan's inference memory of a real-shape Fun-ASR-Nano around registry LLM `llm`: GiB of its weights in bf16
+    (activations excluded)."""
+    return INFERENCE_BYTES * model_params(llm) / GIB
+
+
+def available_memory_gib() -> float:
+    """Memory a new allocation can get now without swapping, in GiB (psutil, which accelerate installs)."""
+    import psutil
+
+    return psutil.virtual_memory().available / GIB
 
 
 def swap_plan(source: str = "Qwen3-0.6B") -> list[PlanRow]:
     """One `PlanRow` per registry LLM, for a swap away from `source`."""
     src = get_llm(source)
-    encoder = _params(FunAsrNanoEncoder, FunAsrNanoEncoderConfig())
     before = adaptor_params(src.name)
     rows = []
     for spec in LLMS.values():
         family = get_family(spec.family)
         after = adaptor_params(spec.name)
-        weights = encoder + after + _llm_params(spec.name)
-        if spec.tokenizer == src.tokenizer:
-            work = "same vocabulary"
-        else:
-            work = f"remap to {family.name}"
+        inference = inference_gib(spec.name)
         rows.append(
             PlanRow(
                 llm=spec.name,
@@ -79,10 +87,10 @@ def swap_plan(source: str = "Qwen3-0.6B") -> list[PlanRow]:
                 dim_change=spec.hidden_size / src.hidden_size - 1,
                 adaptor_params_before=before,
                 adaptor_params_after=after,
-                tokenizer_work=work,
-                markers="reuse" if family.unused_special else "add",
-                inference_gib=2 * weights / GIB,
-                training_gib=(2 * weights + ADAPTOR_TRAINING_BYTES * after) / GIB,
+                tokenizer_work="same vocabulary" if spec.tokenizer == src.tokenizer else f"remap to {family.name}",
+                markers=default_strategy(family),
+                inference_gib=inference,
+                training_gib=inference + ADAPTOR_TRAINING_BYTES * after / GIB,
                 path="A" if spec.family == src.family else MIGRATION_PATHS.get(spec.name, "-"),
             )
         )

@@ -4,7 +4,8 @@ The result is a standard `FunAsrNanoForConditionalGeneration` + `FunAsrNanoProce
 `AutoModelForSpeechSeq2Seq` / `AutoProcessor` load the saved folder): the audio tower carries over unchanged, the
 adaptor is resized to the target's hidden size (`resize_adaptor`), the target's backbone and `lm_head` load into the
 model, the processor carries the target tokenizer (with its speech markers) and the family's chat template, and only
-the adaptor (plus any added marker rows) is left trainable.
+the adaptor (plus any added marker rows) is left trainable. The swapped model shares no tensor with the model it
+was made from: training one (its encoder too) never changes the other.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from transformers import (
@@ -29,17 +30,21 @@ from transformers import (
 from funasr_swap.adaptor import Strategy, fit_embedding_bridge, resize_adaptor
 from funasr_swap.compat import fill_gaps
 from funasr_swap.convert import generation_config
-from funasr_swap.llms import LLMSpec, get_llm, load_llm, match_llm, text_config, tiny_text_config
+from funasr_swap.llms import LLMSpec, count_parameters, get_llm, load_llm, match_llm, text_config, tiny_text_config
+from funasr_swap.plan import INFERENCE_BYTES, available_memory_gib, inference_gib
 from tokenmap.assets import load_tokenizer, tokenizer_fingerprint
 from tokenmap.families import ChatFamily, detect_family, get_family
 from tokenmap.io import atomic_folder
-from tokenmap.markers import SpeechMarkers, resolve_speech_markers
+from tokenmap.markers import SpeechMarkers, default_strategy, resolve_speech_markers
 from tokenmap.prompt import build_chat_template
 from tokenmap.vocab_map import VocabMap
 
 SWAP_REPORT_MD = "SWAP_REPORT.md"
 SWAP_REPORT_JSON = "swap_report.json"
 MarkerStrategy = Literal["reuse", "add"]  # tokenmap.markers.Strategy, named apart from the adaptor strategy
+RandomWeights = Literal["tiny", "real"]
+RANDOM_WEIGHTS: tuple[str, ...] = get_args(RandomWeights)
+RANDOM_WEIGHTS_BYTES = 4  # a random LLM is built in float32
 
 
 @dataclass
@@ -57,10 +62,23 @@ class SwapReport:
     markers: dict[str, tuple[str, int]]
     added_token_ids: list[int]
     tokenizer_work: str
+    random_weights: str | None = None  # "tiny" or "real": the LLM was built from a registry shape, untrained
     bridge: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
+    @property
+    def random_weights_warning(self) -> str | None:
+        """The line that opens the report of a model with random weights; None for one with a trained LLM."""
+        if self.random_weights is None:
+            return None
+        return (
+            f"RANDOM WEIGHTS: the LLM {self.target_llm} was built from its registry shape ({self.random_weights}) "
+            "with random weights: not a usable model (it transcribes nothing); swap a local LLM folder for a "
+            "trained LLM"
+        )
+
     def to_markdown(self) -> str:
+        """The report as a Markdown table; a model with random weights says so first, in bold."""
         rows = [
             ("LLM", f"{self.source_llm} -> {self.target_llm} ({self.family})"),
             ("llm_dim", f"{self.source_hidden} -> {self.target_hidden}"),
@@ -74,7 +92,8 @@ class SwapReport:
         ]
         rows += [(f"bridge {key}", f"{value:.4g}") for key, value in self.bridge.items()]
         rows += [("warning", w) for w in self.warnings]
-        return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows) + "\n"
+        table = "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows) + "\n"
+        return (f"**{self.random_weights_warning}**\n\n" if self.random_weights else "") + table
 
 
 @dataclass
@@ -104,19 +123,48 @@ def read_swap_report(folder: str | os.PathLike) -> SwapReport | None:
     return SwapReport(**fields)
 
 
+def _check_fits_in_memory(spec: LLMSpec) -> None:
+    """Refuse a real-shape random build that this machine's free memory cannot hold, before allocating anything."""
+    planned = inference_gib(spec.name)  # the swap plan's figure, for bf16 weights
+    needed = planned * RANDOM_WEIGHTS_BYTES / INFERENCE_BYTES
+    available = available_memory_gib()
+    if needed > available:
+        raise MemoryError(
+            f"{spec.name} with random_weights='real' needs {needed:,.1f} GiB for its float32 weights (the swap "
+            f"plan's {planned:,.1f} GiB in bf16), {available:,.1f} GiB available; use random_weights='tiny', or a "
+            "machine with more memory"
+        )
+
+
 def _target_llm(
-    target: str | os.PathLike, size: Literal["tiny", "real"], seed: int
+    target: str | os.PathLike, random_weights: RandomWeights | None, seed: int
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, LLMSpec | None, str]:
-    """(causal LM, its tokenizer, registry entry, display name) for a registry name or a local folder."""
+    """(causal LM, its tokenizer, registry entry, display name) for a local folder, or for a registry name with
+    `random_weights`. Each call loads or builds a new model: the swap owns it."""
+    if random_weights is not None and random_weights not in RANDOM_WEIGHTS:
+        raise ValueError(f"random_weights must be one of {', '.join(RANDOM_WEIGHTS)} or None, got {random_weights!r}")
     if Path(target).expanduser().is_dir():
+        if random_weights is not None:
+            raise ValueError(
+                f"target {target} is an LLM folder, whose weights are loaded: random_weights={random_weights!r} "
+                "applies to registry names only; leave it None"
+            )
         loaded = load_llm(target)
         return loaded.model, loaded.tokenizer, loaded.spec, str(target)
     spec = get_llm(str(target))  # KeyError listing the registry for anything else
-    config = tiny_text_config(spec.name) if size == "tiny" else text_config(spec.name)
+    if random_weights is None:
+        raise ValueError(
+            f"target {target!r} is a registry name, not an LLM folder: it has no weights. Pass random_weights='tiny' "
+            "(a small model of its family) or 'real' (its real shape), both with random weights, or the path of a "
+            "local LLM folder"
+        )
+    if random_weights == "real":
+        _check_fits_in_memory(spec)
+    config = tiny_text_config(spec.name) if random_weights == "tiny" else text_config(spec.name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         llm = AutoModelForCausalLM.from_config(config)
-    return llm.eval(), load_tokenizer(spec.tokenizer), spec, f"{spec.name} ({size}, random weights)"
+    return llm.eval(), load_tokenizer(spec.tokenizer), spec, spec.name
 
 
 def _add_embedding_rows(llm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, new_ids: list[int]) -> None:
@@ -148,26 +196,35 @@ def swap_llm(
     processor: FunAsrNanoProcessor,
     target: str | os.PathLike,
     *,
-    markers: MarkerStrategy = "reuse",
+    markers: MarkerStrategy | None = None,
     boundaries: bool = False,
     strategy: Strategy = "fresh",
-    size: Literal["tiny", "real"] = "tiny",
+    random_weights: RandomWeights | None = None,
     seed: int = 0,
 ) -> SwappedModel:
     """Put the LLM `target` into a Fun-ASR-Nano `(model, processor)` (the base, or an earlier swap).
 
+    `model` and `processor` are not modified, and the result shares no tensor with them.
+
     Args:
-        target: a registry name (`Llama-3.2-1B`, ...; random weights of the `size` shape) or a local LLM folder.
+        target: a local LLM folder (its weights are loaded), or a registry name (`Llama-3.2-1B`, ...) together with
+            `random_weights`.
         markers: how to find the audio placeholder (and `boundaries`) in the target tokenizer: `reuse` an unused
-            special token, or `add` new ones (their embedding rows are created and stay trainable).
+            special token, or `add` new ones (their embedding rows are created and stay trainable); None: the
+            family's default (`tokenmap.markers.default_strategy`).
         strategy: `fresh` re-initialises the adaptor's output side; `bridge` widens the old adaptor through a map
             fitted between the two LLMs' input embeddings over their shared tokens.
+        random_weights: for a registry name only, and required with one: build the LLM with random weights (seeded
+            by `seed`), `tiny` (`llms.tiny_text_config`: tests, experiments) or of its `real` shape (benchmarks);
+            not a usable model, the report says so. A real shape that this machine's free memory cannot hold
+            raises MemoryError before anything is allocated.
     """
-    llm, tokenizer, spec, target_name = _target_llm(target, size, seed)
+    llm, tokenizer, spec, target_name = _target_llm(target, random_weights, seed)
     tokenizer = copy.deepcopy(tokenizer)  # `add` markers mutate it
     family: ChatFamily = get_family(spec.family) if spec else detect_family(tokenizer)
     source_family = detect_family(processor.tokenizer)
     same_vocabulary = tokenizer_fingerprint(processor.tokenizer) == tokenizer_fingerprint(tokenizer)
+    markers = markers if markers is not None else default_strategy(family)
     speech: SpeechMarkers = resolve_speech_markers(tokenizer, markers, boundaries=boundaries, family=family)
     warnings: list[str] = []
     if speech.added_ids:
@@ -192,7 +249,7 @@ def swap_llm(
     )
 
     config = FunAsrNanoConfig(
-        audio_config=old.audio_config,
+        audio_config=copy.deepcopy(old.audio_config),  # a config object is shared, not copied, by the constructor
         adaptor_config=adaptor.config,
         text_config=text_cfg,
         audio_token_id=speech.placeholder_id,
@@ -200,8 +257,10 @@ def swap_llm(
     )
     with torch.device("meta"):
         swapped = FunAsrNanoForConditionalGeneration(config)
+    # the swap owns every tensor it holds (the adaptor is new, the LLM freshly loaded or built); the audio tower is
+    # copied, since its tensors are assigned below: else training the swap's encoder would train the base's
     parts = {
-        "model.audio_tower": model.model.audio_tower,
+        "model.audio_tower": copy.deepcopy(model.model.audio_tower),
         "model.multi_modal_projector": adaptor,
         "model.language_model": llm.base_model,
     }
@@ -231,7 +290,7 @@ def swap_llm(
     template = build_chat_template(family, speech)
     tokenizer.chat_template = template
     new_processor = FunAsrNanoProcessor(
-        feature_extractor=processor.feature_extractor,
+        feature_extractor=copy.deepcopy(processor.feature_extractor),
         tokenizer=tokenizer,
         chat_template=template,
         audio_token=speech.placeholder,
@@ -246,8 +305,8 @@ def swap_llm(
         source_hidden=old.text_config.hidden_size,
         target_hidden=new_dim,
         adaptor_strategy=strategy,
-        adaptor_params_before=sum(p.numel() for p in model.model.multi_modal_projector.parameters()),
-        adaptor_params_after=sum(p.numel() for p in adaptor.parameters()),
+        adaptor_params_before=count_parameters(model.model.multi_modal_projector),
+        adaptor_params_after=count_parameters(adaptor),
         markers=speech.tokens,
         added_token_ids=list(speech.added_ids),
         tokenizer_work=(
@@ -257,6 +316,7 @@ def swap_llm(
             + ("same role markers" if source_family == family else "new role markers")
             + ", vocabulary remap (VocabMap)"
         ),
+        random_weights=random_weights,
         bridge=bridge_report | {k: v for k, v in adaptor_report.metrics().items() if k.startswith("widening")},
         warnings=warnings,
     )

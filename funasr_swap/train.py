@@ -66,10 +66,11 @@ from transformers import FunAsrNanoForConditionalGeneration, FunAsrNanoProcessor
 
 from funasr_swap.compat import fill_gaps
 from funasr_swap.data import AsrCollator, Utterance, bucket_batches, precomputed_audio
+from funasr_swap.llms import lora_targets
 from funasr_swap.metrics import cer, wer
 from funasr_swap.swap import read_swap_report, set_trainable
 from funasr_swap.token_rows import TrainableTokenRows
-from funasr_swap.transcribe import transcribe
+from funasr_swap.transcribe import max_encoder_seconds, transcribe
 from tokenmap.io import atomic_folder, atomic_write_bytes, atomic_write_lines
 from tokenmap.prompt import IGNORE_INDEX
 
@@ -112,8 +113,9 @@ class LoraSettings:
     r: int = 8
     alpha: int = 16
     dropout: float = 0.0
-    # The attention projections that Qwen3, Llama, Gemma-2 and DeepSeek share (DeepSeek-V2 has q_proj and o_proj).
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    # module names; None: the registry's for the model's LLM (`funasr_swap.llms.lora_targets`: every attention and MLP
+    # projection, DeepSeek's MLA key/value projections included)
+    target_modules: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -142,6 +144,9 @@ class TrainConfig:
     # keep each utterance's audio inputs in memory after its first batch (AsrCollator's cache): "features" (fbank +
     # LFR), "encoder" (the frozen encoder's outputs, which then stand in for it in the steps), or "none"
     audio_cache: str = "none"
+    # Kaldi dither on the training batches' int16-scale waveforms (funasr trains with 1.0; evaluation never dithers);
+    # new noise every epoch, so it excludes audio_cache
+    dither: float = 0.0
 
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir)
@@ -156,6 +161,11 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.audio_cache must be one of {choices}, got {self.audio_cache!r}")
         if self.audio_cache == "encoder" and self.unfreeze_encoder:
             raise ValueError("TrainConfig: audio_cache 'encoder' keeps the encoder's outputs: it needs it frozen")
+        if self.dither < 0 or (self.dither and self.audio_cache != "none"):
+            raise ValueError(
+                f"TrainConfig.dither must be >= 0 and needs audio_cache 'none' (a cache keeps the first epoch's "
+                f"noise), got dither {self.dither} with audio_cache {self.audio_cache!r}"
+            )
         if self.audio_cache != "none" and self.num_workers:
             raise ValueError(
                 f"TrainConfig: audio_cache {self.audio_cache!r} needs num_workers 0 (each DataLoader worker would keep "
@@ -196,8 +206,9 @@ def setup_trainable(model: FunAsrNanoForConditionalGeneration, config: TrainConf
         from peft import LoraConfig, LoraModel
 
         lora = config.lora
+        targets = lora.target_modules if lora.target_modules is not None else lora_targets(llm.config)
         peft_config = LoraConfig(
-            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules)
+            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(targets)
         )
         # injects the adapters into the LLM's modules in place; FunAsrNano keeps the same language_model object
         lora_model = LoraModel(llm, peft_config, "default")
@@ -304,6 +315,23 @@ def _duration(utterance: Utterance) -> float:
     return utterance.duration if utterance.duration is not None else sf.info(str(utterance.audio)).duration
 
 
+def _check_audio_lengths(
+    model: FunAsrNanoForConditionalGeneration, processor: FunAsrNanoProcessor, utterances: Sequence[Utterance]
+) -> None:
+    """Refuse, before any work, an utterance longer than the encoder's positions cover: the model would fail on it
+    mid-run. (`load_manifest(max_seconds=...)` drops such lines at load, as bad lines.)"""
+    limit = max_encoder_seconds(model, processor)
+    for utterance in utterances:
+        seconds = _duration(utterance)
+        if seconds > limit:
+            positions = model.config.audio_config.max_position_embeddings
+            raise ValueError(
+                f"{utterance.audio}: {seconds:.1f} s of audio, longer than the {limit:.1f} s that the encoder's "
+                f"{positions} positions cover; split it, or leave it out (load_manifest's max_seconds, CLI "
+                f"--max-seconds, at most {limit:.1f})"
+            )
+
+
 class BatchPlan:
     """The order training batches come in: epoch after epoch of length-bucketed batches (`bucket_batches`, seeded
     with `seed + epoch`). A position `(epoch, index)` names the next batch; it is all a checkpoint needs."""
@@ -370,9 +398,13 @@ def evaluate(
 
     Answers are cut at twice the longest reference in tokens plus 8: an untrained model that never says its stop
     token then costs a little more than a correct one, not `transcribe`'s 512 tokens per utterance.
+
+    Every utterance is scored, up to the length the encoder's positions cover (a longer one raises ValueError
+    naming it, before any work); the manifest's `max_seconds` decides which clips come in.
     """
     if not utterances:
         raise ValueError("evaluate: no utterances")
+    _check_audio_lengths(model, processor, utterances)
     fill_gaps(model)
     model.eval()
     refs = [u.text for u in utterances]
@@ -394,7 +426,7 @@ def evaluate(
         pick = [i for i, u in enumerate(utterances) if u.asr_task.language == language]
         transcripts = transcribe(
             model, processor, [utterances[i].audio for i in pick], language=language, batch_size=batch_size,
-            max_new_tokens=max_new_tokens, progress=False,
+            max_new_tokens=max_new_tokens, max_audio_seconds=max_encoder_seconds(model, processor), progress=False,
         )  # fmt: skip
         for i, transcript in zip(pick, transcripts):
             hyps[i] = transcript.text
@@ -568,6 +600,7 @@ def train(
     """
     if not train_data:
         raise ValueError("train: no training utterances")
+    _check_audio_lengths(model, processor, [*train_data, *(valid_data or ())])
     on_cuda = torch.cuda.is_available()
     # cpu=True without CUDA: processes started by torchrun then form a gloo group instead of running alone
     accelerator = Accelerator(mixed_precision="bf16" if on_cuda else "no", cpu=not on_cuda)
@@ -611,7 +644,7 @@ def train(
     loader = DataLoader(
         train_data,
         batch_sampler=plan.stream(position, accelerator.process_index, accelerator.num_processes),
-        collate_fn=AsrCollator(processor, cache=config.audio_cache != "none", encoder=encoder),
+        collate_fn=AsrCollator(processor, cache=config.audio_cache != "none", encoder=encoder, dither=config.dither),
         num_workers=config.num_workers,
         generator=torch.Generator().manual_seed(config.seed),  # its iterator draws a seed: not from the global RNG
     )

@@ -42,6 +42,7 @@ __all__ = [
     "DEFAULT_MAX_NEW_TOKENS",
     "AudioSource",
     "Transcript",
+    "max_encoder_seconds",
     "transcribe",
     "transcription_inputs",
 ]
@@ -143,7 +144,7 @@ def _load(source: AudioSource, index: int, sampling_rate: int) -> np.ndarray:
         raise type(error)(f"{_source_name(source, index)}: {error}") from error
 
 
-def _max_encoder_seconds(model: FunAsrNanoForConditionalGeneration, processor: FunAsrNanoProcessor) -> float:
+def max_encoder_seconds(model: FunAsrNanoForConditionalGeneration, processor: FunAsrNanoProcessor) -> float:
     """The longest audio whose LFR frames fit the encoder's sinusoidal positions (position 0 is unused)."""
     fe = processor.feature_extractor
     frame, shift = frame_samples(fe)
@@ -200,7 +201,7 @@ def transcribe(
         raise ValueError(
             f"batch_size, num_beams and max_new_tokens must be >= 1; got {batch_size}, {num_beams}, {max_new_tokens}"
         )
-    encoder_seconds = _max_encoder_seconds(model, processor)
+    encoder_seconds = max_encoder_seconds(model, processor)
     if max_audio_seconds > encoder_seconds:
         raise ValueError(
             f"max_audio_seconds={max_audio_seconds} is longer than the encoder's "

@@ -136,8 +136,16 @@ def original_yaml(config: FunAsrNanoConfig) -> dict:
         "ctc_decoder": "Transformer",
         "ctc_decoder_conf": {"downsample_rate": 1, "ffn_dim": 2048, "llm_dim": 512, "encoder_dim": 512, "n_layer": 5},
         "frontend": "WavFrontend",
-        "frontend_conf": {"fs": 16000, "window": "hamming", "n_mels": audio.num_mel_bins, "frame_length": 25,
-                          "frame_shift": 10, "lfr_m": audio.num_stacked_frames, "lfr_n": 6, "cmvn_file": None},
+        "frontend_conf": {
+            "fs": 16000,
+            "window": "hamming",
+            "n_mels": audio.num_mel_bins,
+            "frame_length": 25,
+            "frame_shift": 10,
+            "lfr_m": audio.num_stacked_frames,
+            "lfr_n": 6,
+            "cmvn_file": None,
+        },
     }
 
 
@@ -209,9 +217,10 @@ def test_original_loads_with_identical_outputs_and_reports_skipped_keys(source, 
     assert all(key in caplog.text for key in CTC_KEYS)
     assert model.config.audio_token_id == processor.audio_token_id == 151646
     # The processor carries the checkpoint's own tokenizer (Qwen3-0.6B/) and builds the same prompt ids.
-    assert torch.equal(processor.apply_transcription_request(
-        [np.zeros(16000, np.float32)], language="en")["input_ids"],
-        source[1].apply_transcription_request([np.zeros(16000, np.float32)], language="en")["input_ids"])
+    assert torch.equal(
+        processor.apply_transcription_request([np.zeros(16000, np.float32)], language="en")["input_ids"],
+        source[1].apply_transcription_request([np.zeros(16000, np.float32)], language="en")["input_ids"],
+    )
 
 
 def layer_norm_eps(module: torch.nn.Module) -> set[float]:
@@ -363,10 +372,24 @@ def test_checkpoint_format(original, converted_fp32):
 def test_real_size_mapping_covers_every_tensor(tmp_path):
     """The published shapes (50 + 20 encoder layers, Qwen3-0.6B): every tensor maps, final norms at 49 and 69."""
     real = {
-        "audio_encoder_conf": {"output_size": 512, "attention_heads": 4, "linear_units": 2048, "num_blocks": 50,
-                               "tp_blocks": 20, "dropout_rate": 0.1, "attention_dropout_rate": 0.1, "kernel_size": 11},
-        "audio_adaptor_conf": {"downsample_rate": 1, "use_low_frame_rate": True, "ffn_dim": 2048, "llm_dim": 1024,
-                               "encoder_dim": 512, "n_layer": 2},
+        "audio_encoder_conf": {
+            "output_size": 512,
+            "attention_heads": 4,
+            "linear_units": 2048,
+            "num_blocks": 50,
+            "tp_blocks": 20,
+            "dropout_rate": 0.1,
+            "attention_dropout_rate": 0.1,
+            "kernel_size": 11,
+        },
+        "audio_adaptor_conf": {
+            "downsample_rate": 1,
+            "use_low_frame_rate": True,
+            "ffn_dim": 2048,
+            "llm_dim": 1024,
+            "encoder_dim": 512,
+            "n_layer": 2,
+        },
         "frontend_conf": {"n_mels": 80, "lfr_m": 7, "lfr_n": 6},
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(real))
@@ -390,8 +413,14 @@ def test_real_size_mapping_covers_every_tensor(tmp_path):
 
 def test_converted_folder_loads_with_stock_transformers(source, inputs, converted_fp32):
     files = {p.name for p in converted_fp32.iterdir()}
-    assert {"config.json", "model.safetensors", "processor_config.json", "chat_template.jinja",
-            "tokenizer.json", "generation_config.json"} <= files
+    assert {
+        "config.json",
+        "model.safetensors",
+        "processor_config.json",
+        "chat_template.jinja",
+        "tokenizer.json",
+        "generation_config.json",
+    } <= files
     assert not list(converted_fp32.parent.glob(".*"))  # the temporary folder was renamed away
     model = AutoModelForSpeechSeq2Seq.from_pretrained(converted_fp32)
     assert isinstance(model, FunAsrNanoForConditionalGeneration)
@@ -404,8 +433,10 @@ def test_converted_folder_loads_with_stock_transformers(source, inputs, converte
     assert processor_config["audio_token"] == "<|object_ref_start|>"
     tokenizer = AutoTokenizer.from_pretrained(converted_fp32)
     assert tokenizer.padding_side == "left" and len(tokenizer) == len(source[1].tokenizer)
-    assert model.generation_config.eos_token_id == [tokenizer.convert_tokens_to_ids("<|im_end|>"),
-                                                   tokenizer.convert_tokens_to_ids("<|endoftext|>")]
+    assert model.generation_config.eos_token_id == [
+        tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+    ]
 
 
 def test_hf_folder_loads_with_load_base(source, inputs, converted_fp32):
@@ -419,14 +450,26 @@ def test_hf_folder_loads_with_load_base(source, inputs, converted_fp32):
     assert torch.equal(ours["input_features"], theirs["input_features"])
 
 
+@pytest.mark.parametrize("keep", [0.5, 0.0], ids=["cut-in-the-weights", "empty"])
+def test_a_truncated_weights_file_is_one_clear_error(converted_fp32, tmp_path, keep):
+    folder = Path(shutil.copytree(converted_fp32, tmp_path / "cut"))
+    weights = folder / "model.safetensors"
+    with weights.open("r+b") as handle:
+        handle.truncate(int(weights.stat().st_size * keep))
+    with pytest.raises(OSError, match=f"{weights}: cannot read the weights .*truncated or corrupt"):
+        load_base(folder)
+
+
 @pytest.mark.skipif(not is_torchaudio_available(), reason="stock FunAsrNanoFeatureExtractor needs torchaudio")
 def test_converted_folder_loads_with_stock_auto_processor(source, converted_fp32):
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(converted_fp32)
     audio = [np.zeros(12000, np.float32)]
-    assert torch.equal(processor.apply_transcription_request(audio)["input_ids"],
-                       source[1].apply_transcription_request(audio)["input_ids"])
+    assert torch.equal(
+        processor.apply_transcription_request(audio)["input_ids"],
+        source[1].apply_transcription_request(audio)["input_ids"],
+    )
 
 
 def test_convert_refuses_to_overwrite(original, converted_fp32):

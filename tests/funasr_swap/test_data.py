@@ -1,5 +1,6 @@
-"""Manifests (validation with line numbers, skip_bad, path resolution), length bucketing, and the collator's
-batches against the processor's own transcription prompt and the model's loss."""
+"""Manifests (validation with line numbers, skip_bad, path resolution, control tokens of the model's tokenizer, the
+longest clip), length bucketing, and the collator's batches against the processor's own transcription prompt and the
+model's loss."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import funasr_swap.data
 from funasr_swap.base import tiny_base
 from funasr_swap.data import AsrCollator, Utterance, bucket_batches, load_manifest, precomputed_audio
 from funasr_swap.swap import swap_llm
+from tests.conftest import real_tokenizer
 from tokenmap.families import detect_family
 from tokenmap.prompt import IGNORE_INDEX
 
@@ -94,6 +96,7 @@ BAD_LINES = [
     ({"audio": "clips/a.wav", "text": "x", "language": 7}, "'language' must be a non-empty string"),
     ({"audio": "clips/a.wav", "text": "x", "task": "translate"}, "'task' must be one of transcribe, language"),
     ({"audio": "clips/a.wav", "text": "x", "task": "language"}, "task 'language' needs a 'language'"),
+    ({"audio": "clips/a.wav", "text": "x", "task": "language", "language": "klingon"}, "unknown language 'klingon'"),
 ]
 
 
@@ -139,6 +142,59 @@ def test_manifest_without_valid_lines_or_file_raises(bad_files):
         load_manifest(path, skip_bad=True)
     with pytest.raises(FileNotFoundError, match="nowhere.jsonl"):
         load_manifest(bad_files / "nowhere.jsonl")
+
+
+# --- load_manifest with the model's tokenizer and the longest clip ------------------------------------------------
+
+# control tokens of each family's real tokenizer: role markers, end of turn, BOS/EOS
+CONTROL_TOKENS = {
+    "qwen3": ["<|im_end|>", "<|im_start|>", "<|endoftext|>"],
+    "llama3": ["<|eot_id|>", "<|start_header_id|>", "<|begin_of_text|>"],
+    "gemma2": ["<end_of_turn>", "<start_of_turn>", "<bos>", "<eos>"],
+    "deepseek-v2": ["<｜end▁of▁sentence｜>", "<｜begin▁of▁sentence｜>"],
+}
+
+
+@pytest.mark.parametrize("family", CONTROL_TOKENS)
+def test_a_transcript_that_spells_a_control_token_is_a_bad_line(corpus, family):
+    tokenizer, tokens = real_tokenizer(family), CONTROL_TOKENS[family]
+    lines = [GOOD[0]] + [{"audio": "clips/a.wav", "text": f"say {token} now"} for token in tokens] + [GOOD[1]]
+    path = write_manifest(corpus / "train.jsonl", lines)
+    expected = f"{path}:2: 'text' 'say {tokens[0]} now' spells the control token {tokens[0]!r} of the model's tokenizer"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        load_manifest(path, tokenizer=tokenizer)
+    manifest = load_manifest(path, tokenizer=tokenizer, skip_bad=True)
+    assert [u.text for u in manifest.utterances] == ["the red cat", "小明有两本书"]
+    assert [number for number, _ in manifest.skipped] == list(range(2, 2 + len(tokens)))
+    assert [reason.split("spells the control token ")[1].split(" of ")[0] for _, reason in manifest.skipped] == [
+        repr(token) for token in tokens
+    ]
+    assert len(load_manifest(path).utterances) == len(lines)  # without a tokenizer, nothing is checked
+
+
+def test_the_speech_marker_is_refused_at_load_not_by_the_collator_mid_run(model_and_processor, corpus):
+    _, processor = model_and_processor
+    marker = processor.audio_token  # the swap's placeholder: <|object_ref_start|>, a Llama-3 reserved token, ...
+    path = write_manifest(corpus / "train.jsonl", [GOOD[0], {"audio": "clips/a.wav", "text": f"a {marker} b"}])
+    with pytest.raises(ValueError, match=re.escape(f"{path}:2: 'text' 'a {marker} b' spells the control token")):
+        load_manifest(path, tokenizer=processor.tokenizer)
+    unchecked = load_manifest(path).utterances
+    AsrCollator(processor)(unchecked[:1])
+    with pytest.raises(ValueError, match=re.escape(f"contains the special token {marker!r}")):
+        AsrCollator(processor)(unchecked)  # what a training run met at this line's batch
+
+
+def test_a_clip_longer_than_max_seconds_is_a_bad_line(corpus):
+    path = write_manifest(corpus / "train.jsonl", [GOOD[1], GOOD[0]])  # 0.75 s (its duration), 1.0 s (its file)
+    clip = corpus / "clips" / "a.wav"
+    expected = f"{path}:2: audio {clip} is 1.0 s long, longer than max_seconds=0.75 (CLI: --max-seconds)"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        load_manifest(path, max_seconds=0.75)
+    manifest = load_manifest(path, max_seconds=0.75, skip_bad=True)
+    assert [u.duration for u in manifest.utterances] == [0.75] and [n for n, _ in manifest.skipped] == [2]
+    assert load_manifest(path, max_seconds=1.0).durations == [0.75, 1.0]  # at the maximum: kept
+    with pytest.raises(ValueError, match="max_seconds must be a positive number of seconds or None, got 0"):
+        load_manifest(path, max_seconds=0)
 
 
 # --- bucket_batches ----------------------------------------------------------------------------------------------
@@ -196,7 +252,7 @@ def model_and_processor(request, base):
     """The tiny base, and tiny swaps into two other chat families (Gemma-2 has no system role)."""
     if request.param == "Qwen3-0.6B":
         return base
-    swapped = swap_llm(*base, request.param)
+    swapped = swap_llm(*base, request.param, random_weights="tiny")
     return swapped.model, swapped.processor
 
 
@@ -279,6 +335,22 @@ def test_cached_features_are_read_once_and_equal_the_uncached(base, clips, monke
     for key, value in expected.items():  # batch rows in another order: the same rows
         assert torch.equal(second[key][[1, 0]], value), key
     assert torch.equal(second["input_features"][2], expected["input_features"][0])
+
+
+def test_dither_draws_new_noise_each_batch_from_the_seeded_generator(base, clips):
+    _, processor = base
+    utterances = [Utterance(clips[0], "the red cat"), Utterance(clips[1], "two books")]
+    clean = AsrCollator(processor)(utterances)["input_features"]
+    dithered = AsrCollator(processor, dither=1.0)
+    torch.manual_seed(0)
+    first, second = dithered(utterances)["input_features"], dithered(utterances)["input_features"]
+    torch.manual_seed(0)
+    assert torch.equal(dithered(utterances)["input_features"], first)  # the trainer's seed makes it reproducible
+    assert not torch.equal(first, second) and not torch.equal(first, clean)
+    # noise of one int16 step on speech: small beside the signal
+    assert (first - clean).abs().mean() < 0.1 * (clean - clean.mean()).abs().mean()
+    with pytest.raises(ValueError, match="a cache would keep the first"):
+        AsrCollator(processor, dither=1.0, cache=True)
 
 
 def test_encoder_outputs_stand_in_for_the_encoder(base, clips):

@@ -3,7 +3,10 @@ import shutil
 
 import pytest
 import torch
+from torch.nn import Linear
 from transformers import (
+    AutoConfig,
+    AutoModel,
     AutoModelForCausalLM,
     FunAsrNanoAdaptorConfig,
     FunAsrNanoConfig,
@@ -17,6 +20,7 @@ from funasr_swap.llms import (
     count_parameters,
     get_llm,
     load_llm,
+    lora_targets,
     match_llm,
     text_config,
     tiny_text_config,
@@ -154,6 +158,40 @@ def test_tiny_configs_keep_family_structure():
     assert lite.q_lora_rank is None and v3.q_lora_rank is not None
     assert lite.first_k_dense_replace == v3.first_k_dense_replace == 1 < lite.num_hidden_layers  # dense, then MoE
     assert v3.n_routed_experts % v3.n_group == 0 and v3.topk_group < v3.n_group
+
+
+@pytest.mark.parametrize("width", [64, 128])
+def test_tiny_configs_scale_with_the_width(width):
+    llama, gemma = tiny_text_config("Llama-3.2-1B", width=width), tiny_text_config("Gemma-2-2B", width=width)
+    assert (llama.hidden_size, llama.intermediate_size, llama.head_dim) == (width, 2 * width, width // 4)
+    assert (llama.num_hidden_layers, llama.num_attention_heads) == (2, 4)
+    assert gemma.query_pre_attn_scalar == gemma.head_dim == width // 4
+    lite = tiny_text_config("DeepSeek-V2-Lite", width=width)  # MLA at the real model's proportions
+    assert (lite.kv_lora_rank, lite.qk_nope_head_dim, lite.v_head_dim) == (width // 4,) * 3
+    assert (lite.qk_rope_head_dim, lite.moe_intermediate_size, lite.q_lora_rank) == (width // 8, width // 4, None)
+    assert tiny_text_config("DeepSeek-V3", width=width).q_lora_rank == width // 2
+
+
+def test_tied_embeddings_count_once():
+    tied = tiny_text_config("Qwen3-0.6B")
+    untied = tiny_text_config("Qwen3-0.6B", tie_word_embeddings=False)
+    assert count_parameters(untied) - count_parameters(tied) == tied.vocab_size * tied.hidden_size
+    torch.manual_seed(0)
+    assert count_parameters(AutoModelForCausalLM.from_config(tied)) == count_parameters(tied)  # a module, or its config
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_lora_targets_name_every_attention_and_mlp_projection(name):
+    config = tiny_text_config(name)
+    linear = {n.rsplit(".", 1)[-1] for n, m in AutoModel.from_config(config).named_modules() if isinstance(m, Linear)}
+    assert set(lora_targets(config)) == linear  # DeepSeek's routed experts are fused tensors, not Linear layers
+    if LLMS[name].uses_mla:
+        assert {"kv_a_proj_with_mqa", "kv_b_proj"} <= linear
+
+
+def test_lora_targets_of_an_unknown_architecture_say_what_to_pass():
+    with pytest.raises(ValueError, match="model_type 'mistral' .* pass the module names explicitly"):
+        lora_targets(AutoConfig.for_model("mistral"))
 
 
 def _tiny_fun_asr_nano(text) -> FunAsrNanoConfig:

@@ -1,22 +1,32 @@
-"""swap_llm from the tiny base into a tiny model of each family, with the real tokenizers."""
+"""swap_llm from the tiny base into a tiny model of each family, with the real tokenizers: config, processor,
+logits, save/load, the family's default markers, random weights only when asked for (and refused when they cannot
+fit), and no tensor shared with the base."""
 
 from __future__ import annotations
 
 import functools
+import warnings
+from copy import deepcopy
 
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForSpeechSeq2Seq
+from transformers import AutoModelForCausalLM, AutoModelForSpeechSeq2Seq
 
+import funasr_swap.swap
 from funasr_swap.base import tiny_base
 from funasr_swap.compat import restore_logit_softcapping
 from funasr_swap.features import load_processor
-from funasr_swap.swap import _target_llm, read_swap_report, swap_llm
+from funasr_swap.llms import LLMS, tiny_text_config
+from funasr_swap.plan import inference_gib
+from funasr_swap.swap import _check_fits_in_memory, _target_llm, read_swap_report, swap_llm
 from funasr_swap.transcribe import transcribe
+from tests.conftest import real_tokenizer
+from tokenmap.families import get_family
+from tokenmap.markers import default_strategy
 from tokenmap.prompt import AsrTask, build_asr_prompt
 
-# registry name -> (family, marker strategy that its tokenizer supports)
+# registry name -> (family, the marker strategy its tokenizer supports: the family's default)
 TARGETS = {
     "Qwen3-1.7B": ("qwen3", "reuse"),
     "Llama-3.2-1B": ("llama3", "reuse"),
@@ -35,7 +45,7 @@ def base():
 @functools.cache
 def swapped(target: str, strategy: str = "fresh"):
     model, processor = base()
-    return swap_llm(model, processor, target, markers=TARGETS[target][1], strategy=strategy, seed=1)
+    return swap_llm(model, processor, target, strategy=strategy, random_weights="tiny", seed=1)  # default markers
 
 
 def audio(seconds: float, seed: int) -> np.ndarray:
@@ -61,6 +71,7 @@ def test_swap_config_processor_and_trainable_split(target: str):
     )
     assert config.tie_word_embeddings == spec.tie_word_embeddings
     assert result.report.family == family
+    assert bool(result.report.added_token_ids) == (TARGETS[target][1] == "add")  # the family's default strategy
     # the audio tower carried over unchanged
     old_tower = base()[0].model.audio_tower.state_dict()
     for key, value in model.model.audio_tower.state_dict().items():
@@ -169,11 +180,113 @@ def test_bridge_fits_over_the_shared_vocabulary():
 def test_unsatisfiable_markers_unknown_target_and_bad_folder(tmp_path):
     model, processor = base()
     with pytest.raises(ValueError, match="strategy 'add'"):
-        swap_llm(model, processor, "DeepSeek-V2-Lite", markers="reuse")
+        swap_llm(model, processor, "DeepSeek-V2-Lite", markers="reuse", random_weights="tiny")
     with pytest.raises(KeyError, match="Qwen3-0.6B"):
-        swap_llm(model, processor, "GPT-5")
+        swap_llm(model, processor, "GPT-5", random_weights="tiny")
     folder = tmp_path / "llm"
     folder.mkdir()
     with pytest.raises(FileNotFoundError, match="config.json"):
         swap_llm(model, processor, folder)
     assert list(tmp_path.iterdir()) == [folder]
+
+
+@pytest.mark.parametrize("family", sorted({spec.family for spec in LLMS.values()}))
+def test_default_marker_strategy_resolves_on_the_familys_tokenizer(family):
+    from tokenmap.markers import resolve_speech_markers
+
+    tokenizer = real_tokenizer(next(s.tokenizer for s in LLMS.values() if s.family == family))
+    free = get_family(family).unused_special_tokens(tokenizer)
+    assert default_strategy(family) == ("reuse" if free else "add")
+    assert default_strategy(get_family(family)) == default_strategy(family)
+    copy = deepcopy(tokenizer)  # `add` changes it in place; the session's tokenizer is shared
+    assert resolve_speech_markers(copy, default_strategy(family), family=family).placeholder_id is not None
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Random weights only when asked for
+
+
+def test_a_registry_name_needs_random_weights_and_a_folder_refuses_them(tmp_path):
+    model, processor = base()
+    with pytest.raises(ValueError, match="random_weights='tiny'.*or the path of a local LLM folder"):
+        swap_llm(model, processor, "Llama-3.2-1B")
+    with pytest.raises(ValueError, match="random_weights must be one of tiny, real or None, got 'small'"):
+        swap_llm(model, processor, "Llama-3.2-1B", random_weights="small")
+    with pytest.raises(ValueError, match=f"target {tmp_path} is an LLM folder.*random_weights='tiny'"):
+        swap_llm(model, processor, tmp_path, random_weights="tiny")
+
+
+def test_random_weights_are_recorded_and_announced_first(tmp_path):
+    result = swapped("Llama-3.2-1B")
+    assert result.report.random_weights == "tiny"
+    markdown = result.report.to_markdown()
+    assert markdown.startswith("**RANDOM WEIGHTS: the LLM Llama-3.2-1B was built from its registry shape (tiny)")
+    assert "not a usable model" in markdown.splitlines()[0]
+    assert read_swap_report(result.save(tmp_path / "swapped")).random_weights == "tiny"
+
+
+@pytest.fixture(scope="module")
+def llm_folder(tmp_path_factory):
+    """A tiny LlamaForCausalLM with the real Llama-3 tokenizer, saved as a HF folder (a user's local LLM)."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(tiny_text_config("Llama-3.2-1B")).save_pretrained(folder)
+    real_tokenizer("llama3").save_pretrained(folder)
+    return folder
+
+
+def _swap_folder(folder):
+    model, processor = base()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not in the funasr_swap LLM registry")  # a tiny shape
+        return swap_llm(model, processor, folder)
+
+
+def test_a_folders_weights_are_not_random(llm_folder):
+    result = _swap_folder(llm_folder)
+    assert result.report.random_weights is None and result.report.target_llm == str(llm_folder)
+    assert "RANDOM WEIGHTS" not in result.report.to_markdown()
+    saved = AutoModelForCausalLM.from_pretrained(llm_folder)
+    torch.testing.assert_close(result.model.lm_head.weight, saved.lm_head.weight, rtol=0, atol=0)
+
+
+def test_a_real_shape_that_cannot_fit_is_refused_before_allocating(monkeypatch):
+    model, processor = base()
+
+    class NoBuild:  # what swap builds its LLM with (the plan's meta-device counts use the real class)
+        @staticmethod
+        def from_config(*args, **kwargs):
+            raise AssertionError("the LLM was built")
+
+    monkeypatch.setattr(funasr_swap.swap, "AutoModelForCausalLM", NoBuild)
+    # DeepSeek-V3: 1,251 GiB in bf16 (the plan's), twice that as the float32 random weights; no machine here has it
+    planned = inference_gib("DeepSeek-V3")
+    with pytest.raises(MemoryError, match=f"DeepSeek-V3 .* needs {2 * planned:,.1f} GiB .* plan's {planned:,.1f} GiB"):
+        swap_llm(model, processor, "DeepSeek-V3", random_weights="real")
+    needed = 2 * inference_gib("Qwen3-0.6B")  # 3.1 GiB
+    monkeypatch.setattr(funasr_swap.swap, "available_memory_gib", lambda: needed - 0.1)
+    expected = rf"Qwen3-0.6B .* needs {needed:.1f} GiB .*, {needed - 0.1:.1f} GiB available"
+    with pytest.raises(MemoryError, match=expected):
+        swap_llm(model, processor, "Qwen3-0.6B", random_weights="real")
+    monkeypatch.setattr(funasr_swap.swap, "available_memory_gib", lambda: needed + 0.1)
+    _check_fits_in_memory(LLMS["Qwen3-0.6B"])  # fits: no error
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# No storage shared with the base
+
+
+def _storages(module: torch.nn.Module) -> set[int]:
+    return {t.untyped_storage().data_ptr() for t in [*module.parameters(), *module.buffers()]}
+
+
+@pytest.mark.parametrize("target", ["registry", "folder"])
+def test_a_swap_shares_no_tensor_or_config_with_its_base(target, llm_folder):
+    model, processor = base()
+    result = swapped("Llama-3.2-1B") if target == "registry" else _swap_folder(llm_folder)
+    assert not _storages(result.model) & _storages(model)
+    assert result.model.config.audio_config is not model.config.audio_config
+    assert result.processor.feature_extractor is not processor.feature_extractor
+    again = _swap_folder(llm_folder) if target == "folder" else swap_llm(model, processor, "Llama-3.2-1B",
+                                                                         random_weights="tiny", seed=1)  # fmt: skip
+    assert not _storages(result.model) & _storages(again.model)  # siblings neither

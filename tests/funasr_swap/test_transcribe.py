@@ -3,17 +3,13 @@ prompts equal to the training prompts, and the `transcribe` command."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import soundfile
 import torch
-from typer.testing import CliRunner
 
 from funasr_swap.audio import load_audio
 from funasr_swap.base import tiny_base
-from funasr_swap.cli import app
 from funasr_swap.transcribe import Transcript, transcribe, transcription_inputs
 from tokenmap.prompt import AsrTask, build_asr_prompt
 
@@ -208,50 +204,3 @@ def test_prompts_are_padded_on_the_left_whatever_the_tokenizer_pads(base, clips)
     assert left["attention_mask"][:, 0].tolist() != [1, 1, 1]  # the lengths differ: some row is padded
     for key in left:
         assert torch.equal(left[key], right[key]), key
-
-
-@pytest.fixture(scope="module")
-def model_folder(base, tmp_path_factory):
-    model, processor = base
-    folder = tmp_path_factory.mktemp("model")
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
-
-
-def test_cli_prints_and_writes_jsonl(base, model_folder, clips, tmp_path):
-    files = []
-    for i in (0, 1):
-        files.append(tmp_path / f"clip{i}.wav")
-        soundfile.write(files[i], clips[i], 16000)
-    args = ["transcribe", str(model_folder), *map(str, files), "--max-new-tokens", str(MAX_NEW_TOKENS)]
-    runner = CliRunner()
-    printed = runner.invoke(app, args)
-    assert printed.exit_code == 0, printed.output
-    model, processor = base
-    expected = transcribe(model, processor, files, max_new_tokens=MAX_NEW_TOKENS)  # saved and reloaded: same model
-    assert printed.stdout.splitlines() == [f"{f}\t{r.text}" for f, r in zip(files, expected)]
-
-    out = tmp_path / "out" / "transcripts.jsonl"
-    written = runner.invoke(app, [*args, "--jsonl", str(out), "--batch-size", "1", "--no-itn", "--hotword", "a"])
-    assert written.exit_code == 0, written.output
-    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
-    assert [row["audio"] for row in rows] == list(map(str, files))
-    assert [row["audio_seconds"] for row in rows] == [len(clips[0]) / 16000, len(clips[1]) / 16000]
-    no_itn = transcribe(model, processor, files, itn=False, hotwords=["a"], max_new_tokens=MAX_NEW_TOKENS)
-    assert [row["text"] for row in rows] == [r.text for r in no_itn]
-    assert list(out.parent.iterdir()) == [out]  # no temporary file left beside it
-
-
-def test_cli_errors_are_one_line(model_folder, tmp_path):
-    runner = CliRunner()
-    neither = tmp_path / "neither"
-    neither.mkdir()
-    (neither / "config.json").write_text('{"model_type": "qwen3"}')
-    result = runner.invoke(app, ["transcribe", str(neither), str(tmp_path / "a.wav")])
-    assert result.exit_code == 1
-    assert len(result.output.strip().splitlines()) == 1
-    assert result.output.startswith("error: ") and "is not a Fun-ASR-Nano checkpoint" in result.output
-    missing = runner.invoke(app, ["transcribe", str(model_folder), str(tmp_path / "a.wav")])
-    assert missing.exit_code == 1  # after the model's loading bar, one line
-    assert missing.output.splitlines()[-1] == f"error: audio file {tmp_path / 'a.wav'} does not exist"
