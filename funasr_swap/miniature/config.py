@@ -1,0 +1,83 @@
+"""What the miniature world is built from: its settings (`MiniatureConfig`) and the target LLM of each family."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["FAMILY_LLMS", "QUICK", "TARGET_CER", "MiniatureConfig", "resolve_families"]
+
+# The target LLM of each family, keyed by its chat family (tokenmap.families): the plan's paths (Llama-3.2,
+# Gemma-2, DeepSeek-V2-Lite, an MoE with MLA).
+FAMILY_LLMS = {"llama3": "Llama-3.2-1B", "gemma2": "Gemma-2-2B", "deepseek-v2": "DeepSeek-V2-Lite"}
+TARGET_CER = 0.15
+AdaptorInit = Literal["bridge", "fresh"]
+
+
+@dataclass(frozen=True)
+class MiniatureConfig:
+    """Sizes, steps and rates of the miniature world (defaults: the quickstart, under 15 minutes on 2 cores)."""
+
+    utterances: int = 4000  # English clips; 5% valid, 5% test
+    valid_utterances: int = 100  # of the valid split, scored during training (test: the whole split, at the end)
+    encoder_hidden: int = 96
+    encoder_layers: int = 4  # the last one a timestamp layer, as the real 50 + 20
+    encoder_heads: int = 4
+    projector_hidden: int = 256
+    target_width: int = 128  # the targets are twice the base LLM's width (64), as 2048 is to Qwen3-0.6B's 1024
+    lm_steps: int = 800  # copy-task pretraining, per LLM (400: Llama-3.2 copies 96% of tokens, its bridge swap 20% CER)
+    lm_batch_size: int = 64
+    lm_lr: float = 6e-3
+    base_steps: int = 2400
+    base_lr: float = 2e-3
+    base_eval_every: int = 400
+    lora_rank: int = 16
+    adaptor_init: AdaptorInit = "bridge"  # the swaps' adaptor initialisation; compare_init adds the other one
+    compare_init: bool = False
+    adaptor_ctc_weight: float = 1.0  # `adaptor_ctc_loss` beside the LLM's loss in the adaptor retraining
+    adaptor_lora_rank: int = 16  # LoRA on the swapped LLM beside the adaptor; 0: the adaptor alone
+    adaptor_steps: int = 1000
+    adaptor_lr: float = 4e-3
+    adaptor_eval_every: int = 250  # the validation curves give the steps to a CER (bridge vs fresh)
+    adaptor_batch_size: int = 32
+    batch_size: int = 32  # the base's
+    warmup_steps: int = 50
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.adaptor_init not in ("bridge", "fresh"):
+            raise ValueError(f"adaptor_init must be 'bridge' or 'fresh', got {self.adaptor_init!r}")
+
+    @property
+    def adaptor_inits(self) -> tuple[AdaptorInit, ...]:
+        """The adaptor initialisations each family's swap is trained with, the default one first."""
+        other: AdaptorInit = "fresh" if self.adaptor_init == "bridge" else "bridge"
+        return (self.adaptor_init, other) if self.compare_init else (self.adaptor_init,)
+
+
+# `--quick`: the same pipeline on a handful of clips, for tests and a first look (CER is meaningless here).
+QUICK = MiniatureConfig(
+    utterances=60, valid_utterances=3, encoder_hidden=32, encoder_layers=2, encoder_heads=2, projector_hidden=32,
+    target_width=64, lm_steps=4, lm_batch_size=8, base_steps=2, base_eval_every=1, adaptor_steps=2,
+    adaptor_eval_every=1, adaptor_batch_size=8, batch_size=8, warmup_steps=1,
+)  # fmt: skip
+
+
+def resolve_families(names: Sequence[str]) -> list[str]:
+    """The target families named by `names`, each a family (`llama3`, `gemma2`, `deepseek-v2`) or the registry name
+    of its target LLM (`Llama-3.2-1B`, ...); KeyError naming the unknown ones and the choices."""
+    by_llm = {llm.lower(): family for family, llm in FAMILY_LLMS.items()}
+    families, unknown = [], []
+    for name in names:
+        family = name if name in FAMILY_LLMS else by_llm.get(name.lower())
+        if family is None:
+            unknown.append(name)
+        elif family not in families:
+            families.append(family)
+    if unknown:
+        choices = ", ".join(f"{family} ({llm})" for family, llm in FAMILY_LLMS.items())
+        raise KeyError(f"unknown target families {unknown}; choose from {choices}")
+    if not families:
+        raise ValueError("no target family given; choose from " + ", ".join(FAMILY_LLMS))
+    return families

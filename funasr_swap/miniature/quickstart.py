@@ -1,0 +1,219 @@
+"""`funasr-swap quickstart`: the miniature world built stage by stage, cached, with its report and model index.
+
+Stages (the package docstring says what each is): corpus, tiny LLMs, base, swaps, report. Each is cached in a folder
+named by a hash of the settings it depends on, so a rerun reuses what was built and an interrupted training resumes
+from its checkpoint. `models.json` indexes the models built (name, LLM, family, adaptor init, folder, test CER):
+notebooks and the demo read it with `read_index` instead of hard-coding hashed folder names.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from funasr_swap.base import BASE_LLM
+from funasr_swap.miniature.config import FAMILY_LLMS, MiniatureConfig, resolve_families
+from funasr_swap.miniature.copy_task import pretrain_llm
+from funasr_swap.miniature.report import write_report
+from funasr_swap.miniature.runs import RESULT_FILE, RunResult, in_worker, load_corpus, train_base, train_swap
+from tokenmap.io import atomic_write_lines
+
+__all__ = ["INDEX_FILE", "ModelEntry", "read_index", "run_quickstart"]
+
+INDEX_FILE = "models.json"
+MODEL_DIR = "final"  # the model folder inside a run folder (funasr_swap.train's final save)
+
+# What each stage depends on: its folder's name is a hash of these settings (and of the stages before it).
+CORPUS_FIELDS = ("utterances", "seed")
+LLM_FIELDS = (*CORPUS_FIELDS, "lm_steps", "lm_batch_size", "lm_lr", "target_width")
+BASE_FIELDS = (
+    *LLM_FIELDS, "valid_utterances", "encoder_hidden", "encoder_layers", "encoder_heads", "projector_hidden",
+    "base_steps", "base_lr", "base_eval_every", "lora_rank", "batch_size", "warmup_steps",
+)  # fmt: skip
+SWAP_FIELDS = (
+    *BASE_FIELDS, "adaptor_steps", "adaptor_lr", "adaptor_eval_every", "adaptor_lora_rank", "adaptor_ctc_weight",
+    "adaptor_batch_size",
+)  # fmt: skip
+
+# Bumped when the code changes what a stage builds from the same settings (2: DeepSeek's MLA at width / 4, LoRA on
+# its KV projections; 3: features on the original's int16 scale, runs record their family), so that an older cache
+# is not read as this version's.
+CACHE_VERSION = 3
+
+
+def _key(config: MiniatureConfig, fields: Sequence[str], *extra: str) -> str:
+    """A short hash naming a cached stage folder: it changes when a setting the stage depends on does."""
+    settings = [getattr(config, name) for name in fields]
+    return hashlib.sha1(json.dumps([CACHE_VERSION, settings, extra]).encode()).hexdigest()[:8]
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model the quickstart built, as `models.json` lists it."""
+
+    name: str  # "base", "llama3 bridge", ...
+    llm: str  # registry name of its (tiny) LLM
+    family: str  # chat family (tokenmap.families)
+    init: str  # "joint" for the base, else the swap's adaptor initialisation
+    folder: str  # the model folder, relative to the quickstart's output folder
+    test_cer: float
+    test_wer: float
+
+
+def read_index(output: str | os.PathLike = "runs/quickstart") -> list[ModelEntry]:
+    """The models a finished quickstart in `output` built (its `models.json`), base first; each entry's `folder`
+    is relative to `output`. FileNotFoundError saying how to build them when there is no index."""
+    path = Path(output) / INDEX_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: run `funasr-swap quickstart -o {output}` (--quick: 1 minute)")
+    return [ModelEntry(**entry) for entry in json.loads(path.read_text())]
+
+
+def _write_index(output: Path, runs: list[tuple[RunResult, Path]]) -> Path:
+    entries = [
+        ModelEntry(run.name, run.llm, run.family, run.strategy, str((folder / MODEL_DIR).relative_to(output)),
+                   run.test_cer, run.test_wer)
+        for run, folder in runs
+    ]  # fmt: skip
+    return atomic_write_lines(output / INDEX_FILE, [json.dumps([asdict(e) for e in entries], indent=2)])
+
+
+def run_quickstart(
+    output: str | os.PathLike = "runs/quickstart",
+    families: Sequence[str] = tuple(FAMILY_LLMS),
+    config: MiniatureConfig = MiniatureConfig(),
+    *,
+    jobs: int = 3,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Build the miniature world in `output` and write `REPORT.md`, `cer.png` and `models.json` there; returns the
+    report's path.
+
+    `families`: target families or their LLMs' registry names (`resolve_families`). Independent work runs side by
+    side in `jobs` worker processes of `cpu_count // jobs` torch threads each (at least one): the tiny LLMs'
+    pretraining beside the base's training (which takes all the threads once the pretraining is done), then the
+    swap runs, each writing its progress to a `log.txt`. More workers than cores is fine for one-thread workers
+    (the default 3 on 2 cores: three swaps side by side finish sooner than two, then one).
+    """
+    from funasr_swap.synth import synthesize
+
+    families = resolve_families(families)
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    output = Path(output)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    timings: dict[str, float] = {}  # stage -> seconds it took when it was built (this run or an earlier one)
+    built_times_file = output / "build_seconds.json"
+    built_times = json.loads(built_times_file.read_text()) if built_times_file.is_file() else {}
+
+    def timed(stage: str, key: str, began: float, built: bool) -> None:
+        if built or key not in built_times:
+            built_times[key] = time.perf_counter() - began
+            atomic_write_lines(built_times_file, [json.dumps(built_times, indent=2)])
+        timings[stage] = built_times[key]
+        log(f"[quickstart] {stage}: {timings[stage]:.0f} s" + ("" if built else " (when built)"))
+
+    # 1. corpus (synthesize reuses clips; the manifests, written last, mark a complete corpus)
+    began = time.perf_counter()
+    corpus = output / f"corpus-{_key(config, CORPUS_FIELDS)}"
+    corpus_cached = (corpus / "test.jsonl").is_file()
+    if corpus_cached:
+        log(f"[quickstart] corpus: cached in {corpus}")
+    else:
+        log(f"[quickstart] synthesizing {config.utterances} utterances into {corpus}")
+        synthesize(corpus, config.utterances, ("en",), seed=config.seed, progress=False)
+    data = load_corpus(corpus, config)
+    timed("corpus", corpus.name, began, built=not corpus_cached)
+
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        # 2. tiny LLMs on the copy task over the train transcripts (valid and test sentences stay unseen)
+        began = time.perf_counter()
+        llm_root = output / f"llm-{_key(config, LLM_FIELDS)}"
+        pretrainings = _submit_pretrainings(pool, llm_root, [BASE_LLM] + [FAMILY_LLMS[f] for f in families],
+                                            data, config, threads, log)  # fmt: skip
+
+        def pretrained(name: str) -> Path:
+            if name in pretrainings:
+                pretrainings.pop(name).result()
+                record = json.loads((llm_root / name / "PRETRAIN.json").read_text())
+                log(f"[quickstart] pretrained {name}: copy accuracy {record.get('copy_accuracy', 0):.1%}, "
+                    f"{record['world_tokens']} world tokens, {record['seconds']:.0f} s")  # fmt: skip
+            return llm_root / name
+
+        # 3. the base, in this process, while the workers pretrain the target LLMs
+        base_llm_built = BASE_LLM in pretrainings
+        base_llm = pretrained(BASE_LLM)
+        timed("base LLM pretraining", f"{llm_root.name}/{BASE_LLM}", began, built=base_llm_built)
+        began = time.perf_counter()
+        base_dir = output / f"base-{_key(config, BASE_FIELDS)}"
+        base_cached = (base_dir / RESULT_FILE).is_file()
+        log(f"[quickstart] base: training in {base_dir}" + (" (cached)" if base_cached else ""))
+        main_threads = torch.get_num_threads()
+        torch.set_num_threads(threads)  # the workers' share: they pretrain meanwhile
+
+        def join_freed_cores(step: int, loss: float) -> None:  # 2 threads: a base step 1.46x faster than with 1
+            if torch.get_num_threads() < main_threads and all(f.done() for f in pretrainings.values()):
+                torch.set_num_threads(main_threads)
+
+        try:
+            runs = [(train_base(base_dir, base_llm, data, config, join_freed_cores), base_dir)]
+        finally:
+            torch.set_num_threads(main_threads)
+        log(f"[quickstart] base: test CER {runs[0][0].test_cer:.1%}")
+        timed("base (target LLMs pretrained beside it)", base_dir.name, began, built=not base_cached)
+
+        # 4. swaps, one per family and adaptor initialisation, side by side
+        began = time.perf_counter()
+        swaps: dict[Path, Future] = {}
+        for family in families:
+            llm_folder = pretrained(FAMILY_LLMS[family])
+            for strategy in config.adaptor_inits:
+                folder = output / f"swap-{_key(config, SWAP_FIELDS, family, strategy)}"
+                cached = (folder / RESULT_FILE).is_file()
+                log(f"[quickstart] {family} {strategy}: adaptor retraining in {folder}" + (" (cached)" * cached))
+                swaps[folder] = pool.submit(
+                    in_worker, folder / "log.txt", threads, train_swap, base_dir / MODEL_DIR, llm_folder, family,
+                    strategy, folder, corpus, config,
+                )  # fmt: skip
+        swaps_cached = all((folder / RESULT_FILE).is_file() for folder in swaps)
+        for folder, future in swaps.items():
+            runs.append((run := future.result(), folder))
+            log(f"[quickstart] {run.name}: valid CER {run.start_cer:.1%} at step 0, test {run.test_cer:.1%}")
+        timed("swaps", f"swaps-{_key(config, SWAP_FIELDS, *families, *config.adaptor_inits)}", began, not swaps_cached)
+
+    report = write_report(output, config, data, [run for run, _ in runs], timings)
+    _write_index(output, runs)  # last: the index lists finished models only
+    log(f"[quickstart] report: {report}")
+    return report
+
+
+def _submit_pretrainings(
+    pool: ProcessPoolExecutor, llm_root: Path, names: list[str], data: dict[str, list], config: MiniatureConfig,
+    threads: int, log: Callable[[str], None],
+) -> dict[str, Future]:  # fmt: skip
+    """Copy-task pretraining of each LLM in `names` not yet in `llm_root` (a folder there is a finished one: it is
+    written atomically), submitted to `pool` in order; the futures by LLM name."""
+    texts = [u.text for u in data["train"]]
+    futures = {}
+    for name in names:
+        folder = llm_root / name
+        if folder.is_dir():
+            log(f"[quickstart] pretrain {name}: cached in {folder}")
+            continue
+        job = functools.partial(
+            pretrain_llm, name, texts, folder, width=64 if name == BASE_LLM else config.target_width,
+            steps=config.lm_steps, batch_size=config.lm_batch_size, lr=config.lm_lr, seed=config.seed,
+            eval_texts=[u.text for u in data["valid"]],
+        )  # fmt: skip
+        futures[name] = pool.submit(in_worker, llm_root / f"{name}.log.txt", threads, job)
+    return futures

@@ -1,0 +1,72 @@
+"""The quickstart's wiring on `--quick` sizes: stages, cache, report, model index, result markers written last."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from funasr_swap.cli import app
+from funasr_swap.miniature import read_index
+
+pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+
+runner = CliRunner()
+
+
+def test_quickstart_refuses_an_unknown_family(tmp_path):
+    result = runner.invoke(app, ["quickstart", "-o", str(tmp_path / "out"), "--families", "llama3,mistral"])
+    assert result.exit_code == 1
+    assert "mistral" in result.output and "gemma2" in result.output  # the bad name and the choices
+    assert not (tmp_path / "out").exists()
+
+
+def test_read_index_says_how_to_build_a_missing_world(tmp_path):
+    with pytest.raises(FileNotFoundError, match="funasr-swap quickstart"):
+        read_index(tmp_path)
+
+
+def _newest_last(folder):
+    """True when `result.json` is the run folder's last-written file (the worker's log aside)."""
+    files = [p for p in folder.rglob("*") if p.is_file() and p.name != "log.txt"]
+    return max(files, key=lambda p: p.stat().st_mtime_ns).name == "result.json"
+
+
+@pytest.mark.slow
+def test_quickstart_writes_report_index_and_reuses_its_cache(tmp_path):
+    command = ["quickstart", "-o", str(tmp_path), "--families", "Llama-3.2-1B", "--quick"]
+    result = runner.invoke(app, command)
+    assert result.exit_code == 0, result.output
+    report = tmp_path / "REPORT.md"
+    text = report.read_text()
+    assert "| base |" in text and "| llama3 bridge |" in text
+    assert "| llama3 fresh |" not in text and "Bridge vs fresh" not in text  # one init by default
+    assert (tmp_path / "cer.png").stat().st_size > 0
+    index = read_index(tmp_path)
+    assert [(m.name, m.family, m.init) for m in index] == [("base", "qwen3", "joint"), ("llama3 bridge", "llama3",
+                                                                                         "bridge")]  # fmt: skip
+    for model in index:
+        assert (tmp_path / model.folder / "config.json").is_file()
+        assert 0.0 <= model.test_cer
+    swap_run = (tmp_path / index[1].folder).parent
+    assert (swap_run / "SWAP_REPORT.md").is_file() and (swap_run / "swap_report.json").is_file()
+    assert _newest_last(swap_run) and _newest_last((tmp_path / index[0].folder).parent)
+    total = [line for line in text.splitlines() if line.startswith("| total |")]
+
+    result = runner.invoke(app, command)
+    assert result.exit_code == 0, result.output
+    cached = [line for line in result.output.splitlines() if "cached" in line]
+    assert any("corpus: cached" in line for line in cached)
+    assert any("pretrain Llama-3.2-1B: cached" in line for line in cached)
+    assert any(line.startswith("[quickstart] base:") for line in cached)
+    assert sum("adaptor retraining" in line for line in cached) == 1
+    assert report.read_text().count("| llama3 bridge |") == 1
+    assert [line for line in report.read_text().splitlines() if line.startswith("| total |")] == total  # build times
+
+    result = runner.invoke(app, [*command, "--compare-init"])  # adds the fresh run only
+    assert result.exit_code == 0, result.output
+    assert sum("adaptor retraining" in line and "cached" not in line for line in result.output.splitlines()) == 1
+    assert "Bridge vs fresh" in report.read_text()
+    assert [m.name for m in read_index(tmp_path)] == ["base", "llama3 bridge", "llama3 fresh"]
+    assert len(list(tmp_path.glob("swap-*/result.json"))) == 2
