@@ -189,9 +189,12 @@ def check_user_text(tokenizer: PreTrainedTokenizerBase, template: str, field: st
     Raises ValueError naming the field and the token; `allow_special_text=True` in `build_asr_prompt` encodes such
     text as ordinary characters instead.
     """
-    specials = control_tokens(tokenizer, template)
+    _refuse_control_text(control_tokens(tokenizer, template), field, texts)
+
+
+def _refuse_control_text(controls: Sequence[str], field: str, texts: Sequence[str]) -> None:
     for text in texts:
-        if (special := spelled_control_token(text, specials)) is not None:
+        if (special := spelled_control_token(text, controls)) is not None:
             raise ValueError(
                 f"{field} {text!r} contains the special token {special!r}; remove it, or pass "
                 "allow_special_text=True to encode it as ordinary text (it never becomes a control token)"
@@ -240,11 +243,10 @@ def build_asr_prompt(
     placeholder_id = tokenizer.convert_tokens_to_ids(placeholder)
     template = chat_template or build_chat_template(fam, markers if markers is not None else placeholder)
     if not allow_special_text:
-        check_user_text(tokenizer, template, "system prompt", [system])
-        check_user_text(tokenizer, template, "context", task.context)
-        check_user_text(tokenizer, template, "hotword", task.hotwords)
-        if target is not None:
-            check_user_text(tokenizer, template, "target text", [target])
+        controls = control_tokens(tokenizer, template)  # once: it reads every added token (Gemma-2: thousands)
+        for field, texts in (("system prompt", [system]), ("context", task.context), ("hotword", task.hotwords),
+                             ("target text", [] if target is None else [target])):  # fmt: skip
+            _refuse_control_text(controls, field, texts)
     messages = [{"role": "system", "content": system}, {"role": "user", "content": task.user_content()}]
     extra = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
     prompt = _render_ids(tokenizer, template, messages, add_generation_prompt=True, **extra)
