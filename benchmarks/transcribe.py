@@ -39,7 +39,7 @@ from transformers import (
 
 from funasr_swap.base import BASE_LLM, tiny_base
 from funasr_swap.convert import ADAPTOR_LAYER_NORM_EPS, build_processor, generation_config
-from funasr_swap.llms import text_config
+from funasr_swap.llms import count_parameters, text_config
 from funasr_swap.transcribe import transcribe, transcription_inputs
 from tokenmap.assets import resolve_tokenizer_path
 
@@ -186,7 +186,7 @@ def main() -> None:
     baseline_clips = clips[: args.baseline_n or args.n]
     # Warm-up clips of other lengths: a timed run must not find kernels, plans or caches built for its exact shapes.
     warmup_clips = synthetic_audio(max(args.batch_sizes + args.static), args.min_seconds, args.max_seconds, seed=1)
-    parameters = sum(p.numel() for p in model.parameters())
+    parameters = count_parameters(model)
     print(f"{args.model}: {parameters / 1e6:.1f} M parameters, {model.dtype}, on {args.device}", flush=True)
     result = {
         "benchmark": "batched transcription vs one utterance at a time",

@@ -21,3 +21,33 @@ def real_tokenizer(name: str):
 @pytest.fixture(scope="session")
 def qwen3_tokenizer():
     return real_tokenizer("qwen3")
+
+
+@pytest.fixture(scope="session")
+def tiny_base_folder(tmp_path_factory):
+    """A tiny Fun-ASR-Nano (`funasr_swap.base.tiny_base`, the real Qwen3 tokenizer) saved as a Hugging Face folder;
+    shared by the session: tests read it, never write into it."""
+    from funasr_swap.base import tiny_base
+
+    model, processor = tiny_base()
+    folder = tmp_path_factory.mktemp("base") / "tiny"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_folder(tmp_path_factory):
+    """A random tiny LlamaForCausalLM with the real Llama-3 tokenizer, saved as a Hugging Face folder (a user's
+    local LLM); shared by the session: tests read it, never write into it."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from funasr_swap.llms import tiny_text_config
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        AutoModelForCausalLM.from_config(tiny_text_config("Llama-3.2-1B")).save_pretrained(folder)
+    real_tokenizer("llama3").save_pretrained(folder)
+    return folder

@@ -17,7 +17,6 @@ import soundfile
 import typer
 from typer.testing import CliRunner
 
-from funasr_swap.base import tiny_base
 from funasr_swap.cli import app
 from funasr_swap.llms import LLMS
 from funasr_swap.plan import swap_plan
@@ -50,13 +49,8 @@ def files_under(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Path:
-    """A tiny Fun-ASR-Nano folder (the real Qwen3 tokenizer)."""
-    model, processor = tiny_base()
-    folder = tmp_path_factory.mktemp("base") / "tiny"
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+def base(tiny_base_folder) -> Path:
+    return tiny_base_folder
 
 
 @pytest.fixture(scope="module")

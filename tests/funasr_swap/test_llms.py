@@ -246,16 +246,6 @@ def test_match_llm_by_architecture_and_by_name():
     assert match_llm(tiny_text_config("Qwen3-0.6B")) is None
 
 
-@pytest.fixture(scope="module")
-def tiny_llama_folder(tmp_path_factory):
-    """A random tiny LlamaForCausalLM with the real Llama-3 tokenizer, saved as a HF folder."""
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(tiny_text_config("Llama-3.2-1B")).save_pretrained(folder)
-    real_tokenizer("llama3").save_pretrained(folder)
-    return folder
-
-
 def _copy_with_config(src, dst, **changes):
     shutil.copytree(src, dst)
     config = json.loads((dst / "config.json").read_text())

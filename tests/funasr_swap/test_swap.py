@@ -17,7 +17,7 @@ import funasr_swap.swap
 from funasr_swap.base import tiny_base
 from funasr_swap.compat import restore_logit_softcapping
 from funasr_swap.features import load_processor
-from funasr_swap.llms import LLMS, tiny_text_config
+from funasr_swap.llms import LLMS
 from funasr_swap.plan import inference_gib
 from funasr_swap.swap import _check_fits_in_memory, _target_llm, read_swap_report, swap_llm
 from funasr_swap.transcribe import transcribe
@@ -226,13 +226,8 @@ def test_random_weights_are_recorded_and_announced_first(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def llm_folder(tmp_path_factory):
-    """A tiny LlamaForCausalLM with the real Llama-3 tokenizer, saved as a HF folder (a user's local LLM)."""
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(tiny_text_config("Llama-3.2-1B")).save_pretrained(folder)
-    real_tokenizer("llama3").save_pretrained(folder)
-    return folder
+def llm_folder(tiny_llama_folder):
+    return tiny_llama_folder
 
 
 def _swap_folder(folder):

@@ -487,12 +487,8 @@ def test_ddp_two_processes_equal_one_with_the_same_global_batch(tmp_path, corpus
 
 
 @pytest.fixture(scope="module")
-def model_folder(tmp_path_factory) -> Path:
-    model, processor = tiny_base()
-    folder = tmp_path_factory.mktemp("model") / "tiny"
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+def model_folder(tiny_base_folder) -> Path:
+    return tiny_base_folder
 
 
 def test_cli_train_then_eval(model_folder, corpus, tmp_path):
