@@ -131,8 +131,8 @@ def _check_fits_in_memory(spec: LLMSpec) -> None:
     if needed > available:
         raise MemoryError(
             f"{spec.name} with random_weights='real' needs {needed:,.1f} GiB for its float32 weights (the swap "
-            f"plan's {planned:,.1f} GiB in bf16), {available:,.1f} GiB available; use random_weights='tiny', or a "
-            "machine with more memory"
+            f"plan's {planned:,.1f} GiB in bf16), {available:,.1f} GiB available; use random_weights='tiny' "
+            "(CLI: --random-weights tiny), or a machine with more memory"
         )
 
 

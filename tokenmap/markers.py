@@ -83,7 +83,7 @@ def resolve_speech_markers(
             raise ValueError(
                 f"strategy 'reuse': the {fam.name} tokenizer has {len(free)} unused special token(s), "
                 f"{wanted} needed ({'placeholder + start/end' if boundaries else 'placeholder'}); "
-                "use strategy 'add' to add new special tokens"
+                "use strategy 'add' (CLI: --markers add) to add new special tokens"
             )
         chosen = free[:wanted]
         added: list[int] = []
