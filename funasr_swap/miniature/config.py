@@ -17,7 +17,7 @@ AdaptorInit = Literal["bridge", "fresh"]
 
 @dataclass(frozen=True)
 class MiniatureConfig:
-    """Sizes, steps and rates of the miniature world (defaults: the quickstart, under 15 minutes on 2 cores)."""
+    """Sizes, steps and rates of the miniature world (defaults: the quickstart, about 17 minutes on 2 cores)."""
 
     utterances: int = 4000  # English clips; 5% valid, 5% test
     valid_utterances: int = 50  # of the valid split, scored during training (test: the whole split, at the end)
