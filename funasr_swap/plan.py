@@ -7,6 +7,7 @@ adds fp32 master weights, gradients and AdamW moments for the adaptor only; acti
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +41,7 @@ class PlanRow:
     path: str
 
 
+@functools.cache  # a pure function of the name; the plan reads it twice per row (adaptor and memory columns)
 def adaptor_params(llm: str) -> int:
     """Parameters of the real Fun-ASR-Nano adaptor (512 -> 2048 -> llm_dim, 2 blocks) in front of registry LLM `llm`."""
     text = text_config(llm)
@@ -52,9 +54,13 @@ def adaptor_params(llm: str) -> int:
 
 def model_params(llm: str) -> int:
     """Parameters of a real-shape Fun-ASR-Nano around registry LLM `llm`: encoder, adaptor at its width, the LLM."""
+    return _encoder_params() + adaptor_params(llm) + count_parameters(text_config(llm))
+
+
+@functools.cache  # the same real-shape encoder in front of every LLM: built once, not once per plan row
+def _encoder_params() -> int:
     with torch.device("meta"):
-        encoder = count_parameters(FunAsrNanoEncoder(FunAsrNanoEncoderConfig()))
-    return encoder + adaptor_params(llm) + count_parameters(text_config(llm))
+        return count_parameters(FunAsrNanoEncoder(FunAsrNanoEncoderConfig()))
 
 
 def inference_gib(llm: str) -> float:
