@@ -31,12 +31,12 @@ from tokenmap.families import FAMILIES, ChatFamily, detect_family, get_family
 from tokenmap.io import atomic_folder, atomic_write_lines, check_writable, parse_json_object
 from tokenmap.markers import Strategy, default_strategy, resolve_speech_markers
 from tokenmap.prompt import (
-    DEFAULT_SYSTEM,
     LANGUAGE_NAMES,
     AsrTask,
     build_asr_prompt,
     build_chat_template,
     control_tokens,
+    prompt_tokens,
     spelled_control_token,
 )
 from tokenmap.vocab_map import VocabMap
@@ -223,19 +223,10 @@ def prompt_command(
     fam = fam or detect_family(tok)
     speech = resolve_speech_markers(tok, _marker_strategy(markers, fam), family=fam)
     prompt = build_asr_prompt(tok, frames, task, target, family=fam, markers=speech)
-    # role boundaries: the template renders prefixes of the conversation to prefixes of the ids
-    template = build_chat_template(fam, speech)
-    system = [{"role": "system", "content": DEFAULT_SYSTEM}]
-    user = system + [{"role": "user", "content": task.user_content()}]
-    render = lambda msgs: len(tok.apply_chat_template(msgs, chat_template=template, return_dict=False))  # noqa: E731
-    ends = [(render(system), "system"), (render(user) + frames - 1, "user"), (prompt.prompt_length, "assistant")]
     text = Text()
-    for index, token_id in enumerate(prompt.input_ids):
-        role = next((name for end, name in ends if index < end), "target")
-        if prompt.audio_start <= index < prompt.audio_start + prompt.audio_length:
-            role = "audio"
-        text.append(tok.decode([token_id]), style=ROLE_STYLES[role])
-        text.append(f"[{token_id}]", style="dim")
+    for token in prompt_tokens(tok, prompt, task, template=build_chat_template(fam, speech)):
+        text.append(token.text, style=ROLE_STYLES[token.role])
+        text.append(f"[{token.id}]", style="dim")
     out.print(
         f"[bold]{fam.name}[/bold] prompt: {len(prompt.input_ids)} tokens, audio at {prompt.audio_start} "
         f"x {prompt.audio_length} ({speech.placeholder}={speech.placeholder_id}); colours: "

@@ -9,6 +9,7 @@ construction; for qwen3 with the default system prompt the result is the referen
 
 from __future__ import annotations
 
+import html
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -265,3 +266,66 @@ def build_asr_prompt(
         target_ids = answer[: answer.index(end_id) + 1]
     labels = [IGNORE_INDEX] * len(prompt) + target_ids
     return AsrPrompt(prompt + target_ids, labels, prompt.index(placeholder_id), 1).with_audio_length(n_audio_frames)
+
+
+# The parts of a rendered ASR prompt (`prompt_tokens`) and the colour each is shown in (the CLI and notebooks).
+ROLE_COLOURS = {
+    "system": "#c6e2ff", "user": "#c8f0c8", "audio": "#f5c6f5", "assistant": "#fff1b8", "target": "#ffd27f",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PromptToken:
+    """One token of a rendered ASR prompt: its id and text, the part of the conversation it belongs to (a key of
+    `ROLE_COLOURS`), and whether it is a control token (`control_tokens`: role and speech markers, end of
+    turn...)."""
+
+    id: int
+    text: str
+    role: str
+    special: bool
+
+
+def prompt_tokens(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: AsrPrompt,
+    task: AsrTask = AsrTask(),
+    *,
+    template: str,
+    system: str = DEFAULT_SYSTEM,
+) -> list[PromptToken]:
+    """The tokens of `prompt` (built by `build_asr_prompt` from `task`, `system` and the chat `template`), each with
+    its role: the template renders prefixes of the conversation to prefixes of the ids, so the system and user
+    turns end where their renderings end; the audio placeholders are "audio", the answer "target"."""
+    system_turn = [{"role": "system", "content": system}]
+    user_turn = system_turn + [{"role": "user", "content": task.user_content()}]
+    ends = [
+        (len(_render_ids(tokenizer, template, system_turn)), "system"),
+        (len(_render_ids(tokenizer, template, user_turn)) + prompt.audio_length - 1, "user"),
+        (prompt.prompt_length, "assistant"),
+    ]
+    special = set(tokenizer.convert_tokens_to_ids(control_tokens(tokenizer, template)))
+    audio = range(prompt.audio_start, prompt.audio_start + prompt.audio_length)
+    tokens = []
+    for index, token_id in enumerate(prompt.input_ids):
+        role = "audio" if index in audio else next((name for end, name in ends if index < end), "target")
+        tokens.append(PromptToken(token_id, tokenizer.decode([token_id]), role, token_id in special))
+    return tokens
+
+
+def prompt_html(tokens: Sequence[PromptToken]) -> str:
+    """`tokens` as HTML: one box per token coloured by role, its id beneath, special tokens in bold; a legend."""
+    legend = " ".join(
+        f'<span style="background:{colour};padding:1px 4px;border-radius:3px">{role}</span>'
+        for role, colour in ROLE_COLOURS.items()
+    )
+    boxes = []
+    for token in tokens:
+        text = html.escape(token.text).replace("\n", "\u21b5").replace(" ", "\u00a0") or "&nbsp;"
+        weight = "bold" if token.special else "normal"
+        boxes.append(
+            f'<span style="display:inline-block;text-align:center;margin:1px;padding:1px 3px;border-radius:3px;'
+            f'background:{ROLE_COLOURS[token.role]};font-family:monospace;font-weight:{weight}" '
+            f'title="{token.role} {token.id}">{text}<br><small style="color:#555">{token.id}</small></span>'
+        )
+    return f"<div>{legend}</div><div style=\"line-height:2.2\">{''.join(boxes)}</div>"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,8 @@ from tokenmap.prompt import (
     build_asr_prompt,
     build_chat_template,
     language_name,
+    prompt_html,
+    prompt_tokens,
 )
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
@@ -333,3 +336,27 @@ def test_language_codes_english_names_and_the_checkpoints_names_are_accepted(lan
 def test_an_unknown_language_fails_when_the_task_is_made_naming_the_known_ones(language):
     with pytest.raises(ValueError, match=f"unknown language {language!r}; known: zh, chinese, en, .*中文, 英文, 日文$"):
         AsrTask(language=language)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_prompt_tokens_label_each_turn_the_audio_and_the_answer(family):
+    tokenizer = copy.deepcopy(real_tokenizer(FAMILY_TOKENIZER[family]))  # `add` markers mutate it
+    markers = resolve_speech_markers(tokenizer, "reuse" if FAMILIES[family].unused_special else "add", family=family)
+    task = AsrTask(language="en", hotwords=("Fun-ASR",))
+    prompt = build_asr_prompt(tokenizer, N, task, "hello world", family=family, markers=markers)
+    tokens = prompt_tokens(tokenizer, prompt, task, template=build_chat_template(family, markers))
+
+    assert [t.id for t in tokens] == prompt.input_ids
+    roles = [t.role for t in tokens]
+    assert roles.count("audio") == N and roles.index("audio") == prompt.audio_start
+    order = {"system": 0, "user": 1, "audio": 1, "assistant": 2, "target": 3}  # the turns in conversation order
+    assert [order[r] for r in roles] == sorted(order[r] for r in roles)
+    assert roles[prompt.audio_start - 1] == "user"  # the task text, then the audio, in the user turn
+    target = [t for t in tokens if t.role == "target"]
+    assert len(target) == sum(label != IGNORE_INDEX for label in prompt.labels)
+    assert target[-1].special and target[-1].text == FAMILIES[family].end_of_turn  # the supervised end of turn
+    assert "hello" in "".join(t.text for t in target) and not any(t.special for t in target[:-1])
+    assert all(t.special for t in tokens if t.role == "audio")
+
+    page = prompt_html(tokens)
+    assert page.count("<small") == len(tokens) and "&lt;" in page  # every token boxed, markup escaped
