@@ -619,7 +619,8 @@ def quickstart(
     output: Path = typer.Option(Path("runs/quickstart"), "-o", "--output", help="folder for everything it builds"),
     families: str = typer.Option(
         "llama3,gemma2,deepseek-v2",
-        help="comma-separated target families (llama3, gemma2, deepseek-v2) or their LLMs (Llama-3.2-1B, ...)",
+        help="comma-separated target families (qwen3, llama3, gemma2, deepseek-v2) or their LLMs (Llama-3.2-1B, ...);"
+        " qwen3 (Qwen3-1.7B: the base's family, wider) is built only when named",
     ),
     compare_init: bool = typer.Option(
         False, "--compare-init", help="also retrain each swap from the other adaptor init (fresh), and compare"

@@ -16,19 +16,19 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
 from funasr_swap.base import BASE_LLM
-from funasr_swap.miniature.config import FAMILY_LLMS, MiniatureConfig, resolve_families
+from funasr_swap.miniature.config import DEFAULT_FAMILIES, FAMILY_LLMS, MiniatureConfig, resolve_families
 from funasr_swap.miniature.copy_task import pretrain_llm
 from funasr_swap.miniature.report import write_report
 from funasr_swap.miniature.runs import RESULT_FILE, RunResult, in_worker, load_corpus, train_base, train_swap
 from tokenmap.io import atomic_write_lines
 
-__all__ = ["INDEX_FILE", "ModelEntry", "read_index", "run_quickstart"]
+__all__ = ["INDEX_FILE", "ModelEntry", "open_world", "read_index", "run_quickstart"]
 
 INDEX_FILE = "models.json"
 MODEL_DIR = "final"  # the model folder inside a run folder (funasr_swap.train's final save)
@@ -79,6 +79,29 @@ def read_index(output: str | os.PathLike = "runs/quickstart") -> list[ModelEntry
     return [ModelEntry(**entry) for entry in json.loads(path.read_text())]
 
 
+def open_world(
+    output: str | os.PathLike,
+    families: Sequence[str] = DEFAULT_FAMILIES,
+    config: MiniatureConfig = MiniatureConfig(),
+    *,
+    log: Callable[[str], None] = print,
+) -> list[ModelEntry]:
+    """The models of the miniature world in `output` (`read_index`), with a swap into each of `families` for each of
+    `config.adaptor_inits`; what is missing is built first (`run_quickstart`: cached stages are reused, the models
+    already listed stay listed), and `log` says so. What the notebooks and the demo open the world with."""
+    wanted = resolve_families(families)
+    index = read_index(output) if (Path(output) / INDEX_FILE).is_file() else []
+    built = {(m.family, m.init) for m in index if m.init != "joint"}
+    missing = [f"{f} {init}" for f in wanted for init in config.adaptor_inits if (f, init) not in built]
+    if index and not missing:
+        return index
+    log(f"[world] building {', '.join(missing)} in {output}" + ("" if index else " (a new world)"))
+    families = list(dict.fromkeys([m.family for m in index if m.init != "joint"] + wanted))
+    compare_init = config.compare_init or len({m.init for m in index} - {"joint"}) > 1
+    run_quickstart(output, families, replace(config, compare_init=compare_init), log=log)
+    return read_index(output)
+
+
 def _write_index(output: Path, runs: list[tuple[RunResult, Path]]) -> Path:
     entries = [
         ModelEntry(run.name, run.llm, run.family, run.strategy, str((folder / MODEL_DIR).relative_to(output)),
@@ -90,7 +113,7 @@ def _write_index(output: Path, runs: list[tuple[RunResult, Path]]) -> Path:
 
 def run_quickstart(
     output: str | os.PathLike = "runs/quickstart",
-    families: Sequence[str] = tuple(FAMILY_LLMS),
+    families: Sequence[str] = DEFAULT_FAMILIES,
     config: MiniatureConfig = MiniatureConfig(),
     *,
     jobs: int = 3,

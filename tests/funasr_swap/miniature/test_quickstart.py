@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from funasr_swap.cli import app
-from funasr_swap.miniature import read_index
+from funasr_swap.miniature import QUICK, open_world, read_index
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 
@@ -70,3 +70,11 @@ def test_quickstart_writes_report_index_and_reuses_its_cache(tmp_path):
     assert "Bridge vs fresh" in report.read_text()
     assert [m.name for m in read_index(tmp_path)] == ["base", "llama3 bridge", "llama3 fresh"]
     assert len(list(tmp_path.glob("swap-*/result.json"))) == 2
+
+    said = []
+    assert open_world(tmp_path, ["llama3"], QUICK, log=said.append) == read_index(tmp_path)  # built: nothing to do
+    assert said == []
+    index = open_world(tmp_path, ["qwen3"], QUICK, log=said.append)  # path A's family, added to the world
+    assert said and "qwen3 bridge" in said[0]
+    assert [m.name for m in index] == ["base", "llama3 bridge", "llama3 fresh", "qwen3 bridge", "qwen3 fresh"]
+    assert len(list(tmp_path.glob("swap-*/result.json"))) == 4
