@@ -45,12 +45,14 @@ import dataclasses
 import io
 import json
 import math
+import os
 import random
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import soundfile as sf
@@ -74,6 +76,9 @@ from funasr_swap.transcribe import max_encoder_seconds, transcribe
 from tokenmap.io import atomic_folder, atomic_write_bytes, atomic_write_lines
 from tokenmap.prompt import IGNORE_INDEX
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 __all__ = [
     "BatchPlan",
     "Evaluation",
@@ -83,8 +88,10 @@ __all__ = [
     "added_token_ids",
     "evaluate",
     "latest_checkpoint",
+    "history_figure",
     "load_checkpoint",
     "plot_history",
+    "read_history",
     "save_checkpoint",
     "setup_trainable",
     "supervised_loss",
@@ -534,8 +541,10 @@ def _keep_last(output_dir: Path, keep: int) -> None:
 # Logs
 
 
-def _read_log(path: Path, up_to_step: int | None = None) -> list[dict]:
-    """The records of metrics.jsonl (a line cut by a kill is dropped), optionally only those up to a step."""
+def read_history(path: str | os.PathLike, up_to_step: int | None = None) -> list[dict]:
+    """The records of a run's metrics.jsonl (`path`; a line cut by a kill is dropped), optionally only those up to
+    a step; none for a file not written yet."""
+    path = Path(path)
     records = []
     if path.is_file():
         for line in path.read_text().splitlines():
@@ -548,16 +557,14 @@ def _read_log(path: Path, up_to_step: int | None = None) -> list[dict]:
     return records
 
 
-def plot_history(records: Sequence[dict], path: Path) -> None:
-    """Training and validation loss, and validation CER, against the step (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display: render to a file
-    import matplotlib.pyplot as plt
+def history_figure(records: Sequence[dict]) -> Figure:
+    """Training and validation loss, and validation CER, against the step (`read_history`'s records)."""
+    from matplotlib.figure import Figure  # not pyplot, which would switch a notebook's backend to Agg
 
     train = [r for r in records if "loss" in r]
     valid = [r for r in records if "valid/loss" in r or "valid/cer" in r]
-    fig, (ax_loss, ax_cer) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4), layout="tight")
+    ax_loss, ax_cer = fig.subplots(1, 2)
     ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train", alpha=0.6)
     if any("valid/loss" in r for r in valid):
         points = [r for r in valid if "valid/loss" in r]
@@ -567,10 +574,13 @@ def plot_history(records: Sequence[dict], path: Path) -> None:
     points = [r for r in valid if "valid/cer" in r]
     ax_cer.plot([r["step"] for r in points], [r["valid/cer"] for r in points], "o-")
     ax_cer.set(xlabel="step", ylabel="CER", title="validation CER")
-    fig.tight_layout()
+    return fig
+
+
+def plot_history(records: Sequence[dict], path: Path) -> None:
+    """`history_figure` of `records` written to `path` (PNG)."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
+    history_figure(records).savefig(buffer, format="png", dpi=100)
     atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -637,7 +647,7 @@ def train(
         for stale in out.glob(f".{CHECKPOINT_PREFIX}*"):  # temporary folders of saves a kill interrupted
             shutil.rmtree(stale)
         # records after the checkpoint come again; without a checkpoint the run starts over
-        atomic_write_lines(log_path, [json.dumps(r) for r in _read_log(log_path, up_to_step=step)])
+        atomic_write_lines(log_path, [json.dumps(r) for r in read_history(log_path, up_to_step=step)])
     accelerator.wait_for_everyone()
 
     encoder = model.model.audio_tower if config.audio_cache == "encoder" else None  # frozen by setup_trainable
@@ -731,7 +741,7 @@ def train(
     model.eval()
     merge_adapters()
     final = out / FINAL_DIR
-    history = _read_log(log_path) if main else []
+    history = read_history(log_path) if main else []
     if main:
         with atomic_folder(final) as tmp:
             model.save_pretrained(tmp)

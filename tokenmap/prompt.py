@@ -328,4 +328,4 @@ def prompt_html(tokens: Sequence[PromptToken]) -> str:
             f'background:{ROLE_COLOURS[token.role]};font-family:monospace;font-weight:{weight}" '
             f'title="{token.role} {token.id}">{text}<br><small style="color:#555">{token.id}</small></span>'
         )
-    return f"<div>{legend}</div><div style=\"line-height:2.2\">{''.join(boxes)}</div>"
+    return f'<div>{legend}</div><div style="line-height:2.2">{"".join(boxes)}</div>'

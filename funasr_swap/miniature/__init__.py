@@ -31,19 +31,38 @@ from funasr_swap.miniature.config import (
     resolve_families,
 )
 from funasr_swap.miniature.copy_task import pretrain_llm
-from funasr_swap.miniature.quickstart import ModelEntry, open_world, read_index, run_quickstart
+from funasr_swap.miniature.quickstart import (
+    MODEL_DIR,
+    ModelEntry,
+    WorldFolders,
+    open_world,
+    read_index,
+    run_quickstart,
+    world_folders,
+)
 from funasr_swap.miniature.report import write_report
-from funasr_swap.miniature.runs import RunResult, build_base, cached_run, load_corpus, train_base, train_swap
+from funasr_swap.miniature.runs import (
+    RunResult,
+    build_base,
+    cached_run,
+    load_corpus,
+    retrain_adaptor,
+    swap_into,
+    train_base,
+    train_swap,
+)
 from funasr_swap.miniature.world_loss import WorldLoss, adaptor_ctc_loss, world_cross_entropy
 
 __all__ = [
     "DEFAULT_FAMILIES",
     "FAMILY_LLMS",
+    "MODEL_DIR",
     "QUICK",
     "TARGET_CER",
     "MiniatureConfig",
     "ModelEntry",
     "RunResult",
+    "WorldFolders",
     "WorldLoss",
     "adaptor_ctc_loss",
     "build_base",
@@ -53,9 +72,12 @@ __all__ = [
     "pretrain_llm",
     "read_index",
     "resolve_families",
+    "retrain_adaptor",
     "run_quickstart",
+    "swap_into",
     "train_base",
     "train_swap",
     "world_cross_entropy",
+    "world_folders",
     "write_report",
 ]

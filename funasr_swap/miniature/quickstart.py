@@ -28,7 +28,10 @@ from funasr_swap.miniature.report import write_report
 from funasr_swap.miniature.runs import RESULT_FILE, RunResult, in_worker, load_corpus, train_base, train_swap
 from tokenmap.io import atomic_write_lines
 
-__all__ = ["INDEX_FILE", "ModelEntry", "open_world", "read_index", "run_quickstart"]
+__all__ = [
+    "INDEX_FILE", "MODEL_DIR", "ModelEntry", "WorldFolders", "open_world", "read_index", "run_quickstart",
+    "world_folders",
+]  # fmt: skip
 
 INDEX_FILE = "models.json"
 MODEL_DIR = "final"  # the model folder inside a run folder (funasr_swap.train's final save)
@@ -55,6 +58,30 @@ def _key(config: MiniatureConfig, fields: Sequence[str], *extra: str) -> str:
     """A short hash naming a cached stage folder: it changes when a setting the stage depends on does."""
     settings = [getattr(config, name) for name in fields]
     return hashlib.sha1(json.dumps([CACHE_VERSION, settings, extra]).encode()).hexdigest()[:8]
+
+
+@dataclass(frozen=True)
+class WorldFolders:
+    """Where each stage of a world is cached (folders named by a hash of the settings they depend on)."""
+
+    corpus: Path  # the corpus' clips and manifests (train/valid/test.jsonl)
+    llms: Path  # one folder per pretrained tiny LLM, named by its registry name (`llm`)
+    base: Path  # the base's training run; its model is `base / MODEL_DIR`
+
+    def llm(self, name: str) -> Path:
+        """The pretrained tiny LLM `name` (`BASE_LLM` or a `FAMILY_LLMS` value)."""
+        return self.llms / name
+
+
+def world_folders(output: str | os.PathLike, config: MiniatureConfig = MiniatureConfig()) -> WorldFolders:
+    """The stage folders of the world built with `config` in `output`: what a notebook opens a stage with, rather
+    than a hashed folder name."""
+    output = Path(output)
+    return WorldFolders(
+        corpus=output / f"corpus-{_key(config, CORPUS_FIELDS)}",
+        llms=output / f"llm-{_key(config, LLM_FIELDS)}",
+        base=output / f"base-{_key(config, BASE_FIELDS)}",
+    )
 
 
 @dataclass(frozen=True)
@@ -148,7 +175,8 @@ def run_quickstart(
 
     # 1. corpus (synthesize reuses clips; the manifests, written last, mark a complete corpus)
     began = time.perf_counter()
-    corpus = output / f"corpus-{_key(config, CORPUS_FIELDS)}"
+    folders = world_folders(output, config)
+    corpus = folders.corpus
     corpus_cached = (corpus / "test.jsonl").is_file()
     if corpus_cached:
         log(f"[quickstart] corpus: cached in {corpus}")
@@ -161,7 +189,7 @@ def run_quickstart(
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         # 2. tiny LLMs on the copy task over the train transcripts (valid and test sentences stay unseen)
         began = time.perf_counter()
-        llm_root = output / f"llm-{_key(config, LLM_FIELDS)}"
+        llm_root = folders.llms
         # all at once: the base's LLM alone on both cores took 66 s, beside the targets' 113 s, but then the targets'
         # pretraining slowed the base's training by more (601 s against 484 s on 2 cores)
         pretrainings = _submit_pretrainings(pool, llm_root, [BASE_LLM] + [FAMILY_LLMS[f] for f in families],
@@ -180,7 +208,7 @@ def run_quickstart(
         base_llm = pretrained(BASE_LLM)
         timed("base LLM pretraining", f"{llm_root.name}/{BASE_LLM}", began, built=base_llm_built)
         began = time.perf_counter()
-        base_dir = output / f"base-{_key(config, BASE_FIELDS)}"
+        base_dir = folders.base
         base_cached = (base_dir / RESULT_FILE).is_file()
         log(f"[quickstart] base: training in {base_dir}" + (" (cached)" if base_cached else ""))
         main_threads = torch.get_num_threads()

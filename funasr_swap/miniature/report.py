@@ -6,12 +6,16 @@ import dataclasses
 import io
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from funasr_swap.miniature.config import TARGET_CER, MiniatureConfig
 from funasr_swap.miniature.runs import RunResult
 from tokenmap.io import atomic_write_bytes, atomic_write_lines
 
-__all__ = ["INIT_CHOICE", "plot_cer", "write_report"]
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["INIT_CHOICE", "cer_figure", "plot_cer", "write_report"]
 
 # Why the default quickstart trains each family's swap with the bridge adaptor: measured with `--compare-init`
 # (benchmarks/results/quickstart_report_compare_init_long.md: int16-scale features, base 2,000 steps, swaps 1,000).
@@ -84,14 +88,12 @@ def _bridge_vs_fresh(runs: list[RunResult]) -> list[str]:
     return lines
 
 
-def plot_cer(runs: list[RunResult], path: Path) -> None:
+def cer_figure(runs: list[RunResult]) -> Figure:
     """Validation CER against step: the base on the left, the swaps (fresh dashed) on the right."""
-    import matplotlib
+    from matplotlib.figure import Figure  # not pyplot, which would switch a notebook's backend to Agg
 
-    matplotlib.use("Agg")  # no display: render to a file
-    import matplotlib.pyplot as plt
-
-    fig, (ax_base, ax_swap) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4), layout="tight")
+    ax_base, ax_swap = fig.subplots(1, 2)
     for run in runs:
         points = [(r["step"], r["valid/cer"]) for r in run.history if "valid/cer" in r]
         if run.start_cer is not None:
@@ -103,8 +105,11 @@ def plot_cer(runs: list[RunResult], path: Path) -> None:
         ax.axhline(TARGET_CER, color="grey", linewidth=0.8)
         ax.set(xlabel="step", ylabel="validation CER", title=title, ylim=(0, None))
         ax.legend(fontsize=8)
-    fig.tight_layout()
+    return fig
+
+
+def plot_cer(runs: list[RunResult], path: Path) -> None:
+    """`cer_figure` of `runs` written to `path` (PNG)."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
+    cer_figure(runs).savefig(buffer, format="png", dpi=100)
     atomic_write_bytes(path, buffer.getvalue())

@@ -33,9 +33,13 @@ from tokenmap.io import atomic_write_lines
 if TYPE_CHECKING:
     from transformers import FunAsrNanoForConditionalGeneration, FunAsrNanoProcessor
 
+    from funasr_swap.swap import SwappedModel
     from funasr_swap.train import LoraSettings, TrainConfig
 
-__all__ = ["RESULT_FILE", "RunResult", "build_base", "cached_run", "load_corpus", "train_base", "train_swap"]
+__all__ = [
+    "RESULT_FILE", "RunResult", "build_base", "cached_run", "load_corpus", "retrain_adaptor", "swap_into", "train_base",
+    "train_swap",
+]  # fmt: skip
 
 RESULT_FILE = "result.json"  # written last: its presence marks a finished run
 BASE_FAMILY = "qwen3"
@@ -162,41 +166,62 @@ def train_base(
     return _train_and_test(run, model, processor, data, train_config, on_step=on_step)
 
 
-def train_swap(
-    base_folder: str | os.PathLike, llm_folder: str | os.PathLike, family: str, strategy: str,
-    folder: str | os.PathLike, corpus: str | os.PathLike, config: MiniatureConfig,
-) -> RunResult:  # fmt: skip
-    """Swap the trained base's LLM for `family`'s pretrained tiny LLM in `llm_folder` and retrain the adaptor in
-    `folder` (encoder and LLM frozen; `config` may add LoRA on the LLM and the CTC loss); its model is
-    `folder/final`, the swap's report `folder/SWAP_REPORT.md` (and `swap_report.json`). A top-level function, so
-    that it can run in a worker process; a finished run is read back, not repeated."""
+def swap_into(
+    base_folder: str | os.PathLike, llm_folder: str | os.PathLike, family: str, strategy: str, config: MiniatureConfig
+) -> SwappedModel:
+    """The trained base in `base_folder` with its LLM swapped for `family`'s pretrained tiny LLM in `llm_folder`:
+    the family's default marker strategy, the adaptor initialised by `strategy` (`bridge` or `fresh`)."""
     from funasr_swap.convert import load_base
-    from funasr_swap.swap import SWAP_REPORT_JSON, SWAP_REPORT_MD, swap_llm
-    from funasr_swap.train import evaluate
+    from funasr_swap.swap import swap_llm
     from tokenmap.markers import default_strategy
 
-    folder = Path(folder)
-    if (run := cached_run(folder)) is not None:  # before the swap and its test score
-        return run
-    name = FAMILY_LLMS[family]
-    data = load_corpus(corpus, config)
     base, processor = load_base(base_folder)
     with warnings.catch_warnings():
         # the tiny LLMs are registry shapes scaled down: load_llm warns that no registry entry has their shape
         warnings.filterwarnings("ignore", message=r".*is not in the funasr_swap LLM registry.*")
-        swapped = swap_llm(
+        return swap_llm(
             base, processor, llm_folder, strategy=strategy, markers=default_strategy(family), seed=config.seed
         )
-    atomic_write_lines(folder / SWAP_REPORT_MD, [swapped.report.to_markdown()])
-    atomic_write_lines(folder / SWAP_REPORT_JSON, [json.dumps(dataclasses.asdict(swapped.report), indent=2)])
+
+
+def retrain_adaptor(
+    swapped: SwappedModel, folder: str | os.PathLike, data: dict[str, list], config: MiniatureConfig,
+    on_step: Callable[[int, float], None] | None = None,
+) -> RunResult:  # fmt: skip
+    """Retrain the adaptor of `swapped` (a swap of the miniature base) in `folder`: encoder and LLM frozen, `config`
+    may add LoRA on the LLM and the CTC loss; `on_step(step, loss)` after each step (e.g. a `LiveTrainingPlot`).
+    Writes the swap's report (`SWAP_REPORT.md`, `swap_report.json`) first and `result.json` last; the model is
+    `folder/final`."""
+    from funasr_swap.swap import SWAP_REPORT_JSON, SWAP_REPORT_MD
+    from funasr_swap.train import evaluate
+
+    folder, report = Path(folder), swapped.report
+    atomic_write_lines(folder / SWAP_REPORT_MD, [report.to_markdown()])
+    atomic_write_lines(folder / SWAP_REPORT_JSON, [json.dumps(dataclasses.asdict(report), indent=2)])
     start = evaluate(swapped.model, swapped.processor, data["valid"], batch_size=50, loss_fn=None).metrics["cer"]
     train_config = _train_config(
         folder, config, max_steps=config.adaptor_steps, batch_size=config.adaptor_batch_size, lr=config.adaptor_lr,
-        eval_every=config.adaptor_eval_every, trainable_token_ids=tuple(swapped.report.added_token_ids),
+        eval_every=config.adaptor_eval_every, trainable_token_ids=tuple(report.added_token_ids),
         lora=_lora(config.adaptor_lora_rank), audio_cache="encoder",
     )  # fmt: skip
-    run = RunResult(f"{family} {strategy}", name, family, strategy, 0, 0, 0.0, start, math.nan, math.nan, [])
-    return _train_and_test(run, swapped.model, swapped.processor, data, train_config, config.adaptor_ctc_weight)
+    family, strategy = report.family, report.adaptor_strategy
+    run = RunResult(f"{family} {strategy}", FAMILY_LLMS[family], family, strategy, 0, 0, 0.0, start, math.nan,
+                    math.nan, [])  # fmt: skip
+    return _train_and_test(
+        run, swapped.model, swapped.processor, data, train_config, config.adaptor_ctc_weight, on_step=on_step
+    )
+
+
+def train_swap(
+    base_folder: str | os.PathLike, llm_folder: str | os.PathLike, family: str, strategy: str,
+    folder: str | os.PathLike, corpus: str | os.PathLike, config: MiniatureConfig,
+) -> RunResult:  # fmt: skip
+    """`swap_into` then `retrain_adaptor` in `folder`, on the corpus in `corpus`. A top-level function, so that it
+    can run in a worker process; a finished run is read back, not repeated."""
+    if (run := cached_run(folder)) is not None:  # before the swap and its test score
+        return run
+    swapped = swap_into(base_folder, llm_folder, family, strategy, config)
+    return retrain_adaptor(swapped, folder, load_corpus(corpus, config), config)
 
 
 def in_worker(log_file: str | os.PathLike, threads: int, function: Callable, *args):

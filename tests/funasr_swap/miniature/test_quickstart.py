@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from funasr_swap.cli import app
-from funasr_swap.miniature import QUICK, open_world, read_index
+from funasr_swap.miniature import MODEL_DIR, QUICK, open_world, read_index, world_folders
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 
@@ -53,6 +53,10 @@ def test_quickstart_writes_report_index_and_reuses_its_cache(tmp_path):
     assert (swap_run / "SWAP_REPORT.md").is_file() and (swap_run / "swap_report.json").is_file()
     assert _newest_last(swap_run) and _newest_last((tmp_path / index[0].folder).parent)
     total = [line for line in text.splitlines() if line.startswith("| total |")]
+    folders = world_folders(tmp_path, QUICK)  # the stages' hashed folders, for notebooks
+    assert (folders.corpus / "test.jsonl").is_file() and (folders.base / MODEL_DIR / "config.json").is_file()
+    assert (folders.llm("Llama-3.2-1B") / "config.json").is_file()
+    assert folders.base == (tmp_path / index[0].folder).parent
 
     result = runner.invoke(app, command)
     assert result.exit_code == 0, result.output
