@@ -33,7 +33,9 @@ from funasr_swap.miniature.config import (
 from funasr_swap.miniature.copy_task import pretrain_llm
 from funasr_swap.miniature.quickstart import (
     MODEL_DIR,
+    NAMED_WORLDS,
     ModelEntry,
+    World,
     WorldFolders,
     open_world,
     read_index,
@@ -57,11 +59,13 @@ __all__ = [
     "DEFAULT_FAMILIES",
     "FAMILY_LLMS",
     "MODEL_DIR",
+    "NAMED_WORLDS",
     "QUICK",
     "TARGET_CER",
     "MiniatureConfig",
     "ModelEntry",
     "RunResult",
+    "World",
     "WorldFolders",
     "WorldLoss",
     "adaptor_ctc_loss",

@@ -22,15 +22,15 @@ from pathlib import Path
 import torch
 
 from funasr_swap.base import BASE_LLM
-from funasr_swap.miniature.config import DEFAULT_FAMILIES, FAMILY_LLMS, MiniatureConfig, resolve_families
+from funasr_swap.miniature.config import DEFAULT_FAMILIES, FAMILY_LLMS, QUICK, MiniatureConfig, resolve_families
 from funasr_swap.miniature.copy_task import pretrain_llm
 from funasr_swap.miniature.report import write_report
 from funasr_swap.miniature.runs import RESULT_FILE, RunResult, in_worker, load_corpus, train_base, train_swap
 from tokenmap.io import atomic_write_lines
 
 __all__ = [
-    "INDEX_FILE", "MODEL_DIR", "ModelEntry", "WorldFolders", "open_world", "read_index", "run_quickstart",
-    "world_folders",
+    "INDEX_FILE", "MODEL_DIR", "NAMED_WORLDS", "ModelEntry", "World", "WorldFolders", "open_world", "read_index",
+    "run_quickstart", "world_folders",
 ]  # fmt: skip
 
 INDEX_FILE = "models.json"
@@ -106,27 +106,65 @@ def read_index(output: str | os.PathLike = "runs/quickstart") -> list[ModelEntry
     return [ModelEntry(**entry) for entry in json.loads(path.read_text())]
 
 
+# The worlds notebooks and the demo open by name: the quickstart's (`funasr-swap quickstart`, whose default output
+# folder it shares) and the minute-long one CI runs them on (`--quick`). Folder names under a runs folder.
+NAMED_WORLDS: dict[str, tuple[str, MiniatureConfig]] = {
+    "full": ("quickstart", MiniatureConfig()),
+    "quick": ("quick", QUICK),
+}
+
+
+@dataclass(frozen=True)
+class World:
+    """A built miniature world: its folder, its settings and the models its index lists (base first)."""
+
+    output: Path
+    config: MiniatureConfig
+    models: list[ModelEntry]
+
+    @property
+    def folders(self) -> WorldFolders:
+        return world_folders(self.output, self.config)
+
+    def model_folder(self, name: str) -> Path:
+        """The folder of the model `name` ("base", "llama3 bridge", ...); KeyError naming the models built."""
+        for entry in self.models:
+            if entry.name == name:
+                return self.output / entry.folder
+        raise KeyError(f"no model {name!r} in {self.output}; built: {', '.join(m.name for m in self.models)}")
+
+    def data(self) -> dict[str, list]:
+        """The corpus' utterances per split (`load_corpus`)."""
+        return load_corpus(self.folders.corpus, self.config)
+
+
 def open_world(
-    output: str | os.PathLike,
+    name: str = "full",
     families: Sequence[str] = DEFAULT_FAMILIES,
-    config: MiniatureConfig = MiniatureConfig(),
     *,
+    runs: str | os.PathLike = "runs",
+    compare_init: bool = False,
     log: Callable[[str], None] = print,
-) -> list[ModelEntry]:
-    """The models of the miniature world in `output` (`read_index`), with a swap into each of `families` for each of
-    `config.adaptor_inits`; what is missing is built first (`run_quickstart`: cached stages are reused, the models
-    already listed stay listed), and `log` says so. What the notebooks and the demo open the world with."""
+) -> World:
+    """The miniature world `name` ("full": the quickstart's, in `runs/quickstart`; "quick": a minute-long one for
+    tests, in `runs/quick`) with a swap into each of `families` (and from both adaptor initialisations when
+    `compare_init`). What is missing is built first (`run_quickstart`: cached stages are reused, the models already
+    listed stay listed), and `log` says so. What the notebooks open the world with."""
+    if name not in NAMED_WORLDS:
+        raise KeyError(f"unknown world {name!r}; choose from {', '.join(NAMED_WORLDS)}")
+    folder, config = NAMED_WORLDS[name]
+    output, config = Path(runs) / folder, replace(config, compare_init=compare_init)
     wanted = resolve_families(families)
-    index = read_index(output) if (Path(output) / INDEX_FILE).is_file() else []
+    index = read_index(output) if (output / INDEX_FILE).is_file() else []
     built = {(m.family, m.init) for m in index if m.init != "joint"}
     missing = [f"{f} {init}" for f in wanted for init in config.adaptor_inits if (f, init) not in built]
-    if index and not missing:
-        return index
-    log(f"[world] building {', '.join(missing)} in {output}" + ("" if index else " (a new world)"))
-    families = list(dict.fromkeys([m.family for m in index if m.init != "joint"] + wanted))
-    compare_init = config.compare_init or len({m.init for m in index} - {"joint"}) > 1
-    run_quickstart(output, families, replace(config, compare_init=compare_init), log=log)
-    return read_index(output)
+    if missing or not index:
+        log(f"[world] building {', '.join(missing)} in {output}" + ("" if index else " (a new world)"))
+        families = list(dict.fromkeys([m.family for m in index if m.init != "joint"] + wanted))
+        compare_init = compare_init or len({m.init for m in index} - {"joint"}) > 1
+        run_quickstart(output, families, replace(config, compare_init=compare_init), log=log)
+        index = read_index(output)
+    return World(output, config, index)
 
 
 def _write_index(output: Path, runs: list[tuple[RunResult, Path]]) -> Path:

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from funasr_swap.cli import app
-from funasr_swap.miniature import MODEL_DIR, QUICK, open_world, read_index, world_folders
+from funasr_swap.miniature import MODEL_DIR, QUICK, load_corpus, open_world, read_index, world_folders
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 
@@ -25,6 +25,8 @@ def test_quickstart_refuses_an_unknown_family(tmp_path):
 def test_read_index_says_how_to_build_a_missing_world(tmp_path):
     with pytest.raises(FileNotFoundError, match="funasr-swap quickstart"):
         read_index(tmp_path)
+    with pytest.raises(KeyError, match="unknown world 'huge'; choose from full, quick"):
+        open_world("huge", runs=tmp_path)
 
 
 def _newest_last(folder):
@@ -34,7 +36,8 @@ def _newest_last(folder):
 
 
 @pytest.mark.slow
-def test_quickstart_writes_report_index_and_reuses_its_cache(tmp_path):
+def test_quickstart_writes_report_index_and_reuses_its_cache(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("runs") / "quick"  # the quick world's folder, as open_world names it
     command = ["quickstart", "-o", str(tmp_path), "--families", "Llama-3.2-1B", "--quick"]
     result = runner.invoke(app, command)
     assert result.exit_code == 0, result.output
@@ -76,9 +79,13 @@ def test_quickstart_writes_report_index_and_reuses_its_cache(tmp_path):
     assert len(list(tmp_path.glob("swap-*/result.json"))) == 2
 
     said = []
-    assert open_world(tmp_path, ["llama3"], QUICK, log=said.append) == read_index(tmp_path)  # built: nothing to do
-    assert said == []
-    index = open_world(tmp_path, ["qwen3"], QUICK, log=said.append)  # path A's family, added to the world
+    world = open_world("quick", ["llama3"], runs=tmp_path.parent, log=said.append)  # built: nothing to do
+    assert said == [] and world.models == read_index(tmp_path) and world.output == tmp_path
+    assert world.model_folder("llama3 fresh") == tmp_path / world.models[2].folder
+    with pytest.raises(KeyError, match="built: base, llama3 bridge, llama3 fresh"):
+        world.model_folder("gemma2 bridge")
+    world = open_world("quick", ["qwen3"], runs=tmp_path.parent, log=said.append)  # path A's family, added
     assert said and "qwen3 bridge" in said[0]
-    assert [m.name for m in index] == ["base", "llama3 bridge", "llama3 fresh", "qwen3 bridge", "qwen3 fresh"]
+    assert [m.name for m in world.models] == ["base", "llama3 bridge", "llama3 fresh", "qwen3 bridge", "qwen3 fresh"]
     assert len(list(tmp_path.glob("swap-*/result.json"))) == 4
+    assert [u.text for u in world.data()["test"]] == [u.text for u in load_corpus(folders.corpus, QUICK)["test"]]
