@@ -538,6 +538,19 @@ def count_parameters(model: torch.nn.Module | PreTrainedConfig) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def active_parameters(config: PreTrainedConfig) -> int:
+    """Parameters a token passes through in the causal LM of text config `config`: `count_parameters` less, in
+    each MoE layer, the routed experts it is not sent to (DeepSeek: `n_routed_experts - num_experts_per_tok` of
+    them, each a gated MLP of width `moe_intermediate_size`); a dense model's total."""
+    total = count_parameters(config)
+    routed = getattr(config, "n_routed_experts", None)
+    if not routed:
+        return total
+    moe_layers = config.num_hidden_layers - config.first_k_dense_replace  # every layer after the dense ones
+    per_expert = 3 * config.hidden_size * config.moe_intermediate_size  # gate, up and down projections
+    return total - moe_layers * (routed - config.num_experts_per_tok) * per_expert
+
+
 _ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 _MLA = ("kv_a_proj_with_mqa", "kv_b_proj", "o_proj")  # the query's projections depend on the config: lora_targets
 _MLP = ("gate_proj", "up_proj", "down_proj")

@@ -17,6 +17,7 @@ from transformers import (
 from funasr_swap.llms import (
     LLMS,
     LLMSpec,
+    active_parameters,
     count_parameters,
     get_llm,
     load_llm,
@@ -99,17 +100,20 @@ def test_real_shape_parameter_count_matches_published_total(name):
 
 @pytest.mark.parametrize("name", [n for n in NAMES if LLMS[n].is_moe])
 def test_moe_active_parameters_match_published(name):
-    # Per token: everything except the routed experts not chosen; the input embedding is a lookup, not counted.
+    # Per token: everything except the routed experts not chosen; the published figure leaves out the input
+    # embedding (a lookup)
     spec = LLMS[name]
-    total = count_parameters(text_config(name))
-    expert = 3 * spec.hidden_size * spec.moe_intermediate_size  # gate, up, down
-    idle = (spec.n_routed_experts - spec.num_experts_per_tok) * expert * (spec.num_layers - spec.first_k_dense_replace)
-    active = total - idle - spec.vocab_size * spec.hidden_size
+    active = active_parameters(text_config(name)) - spec.vocab_size * spec.hidden_size
     assert abs(active / spec.active_params - 1) < 0.03, f"{name}: {active / 1e9:.2f}B active"
+    tiny = tiny_text_config(name)  # one routed expert's gated MLP per idle expert and MoE layer
+    idle = (tiny.n_routed_experts - tiny.num_experts_per_tok) * (tiny.num_hidden_layers - tiny.first_k_dense_replace)
+    assert count_parameters(tiny) - active_parameters(tiny) == idle * 3 * tiny.hidden_size * tiny.moe_intermediate_size
 
 
 def test_dense_models_use_all_parameters():
     assert all(s.active_params == s.total_params for s in LLMS.values() if not s.is_moe)
+    config = tiny_text_config("Llama-3.2-1B")
+    assert active_parameters(config) == count_parameters(config)
 
 
 def test_family_specific_keys_reach_the_transformers_config():
