@@ -55,7 +55,6 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 from safetensors.torch import load_file, save_file
@@ -64,9 +63,10 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import FunAsrNanoForConditionalGeneration, FunAsrNanoProcessor, get_cosine_schedule_with_warmup
 
-from funasr_swap.compat import fill_gaps
+from funasr_swap.compat import active_logit_softcap, fill_gaps
 from funasr_swap.data import AsrCollator, Utterance, bucket_batches, precomputed_audio
 from funasr_swap.llms import lora_targets
+from funasr_swap.loss import lm_head_cross_entropy
 from funasr_swap.metrics import cer, wer
 from funasr_swap.swap import read_swap_report, set_trainable
 from funasr_swap.token_rows import TrainableTokenRows
@@ -271,10 +271,11 @@ def supervised_states(
 
 def supervised_loss(model: FunAsrNanoForConditionalGeneration, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean next-token cross-entropy over the supervised tokens (labels != -100), as `model(**batch).loss`, with the
-    LM head applied only at the positions whose next token is supervised."""
+    LM head applied only at the positions whose next token is supervised, a chunk of them at a time
+    (`funasr_swap.loss.lm_head_cross_entropy`: no full-vocabulary logits are held)."""
     hidden, targets, _ = supervised_states(model, batch)
-    logits = model.lm_head(hidden)  # (N, V), N supervised tokens; lm_head hooks (soft-capping) run
-    return F.cross_entropy(logits.float(), targets)
+    # (N, V) logits never materialise: chunked through the head, soft-capped as the lm_head's hook would
+    return lm_head_cross_entropy(model.lm_head, hidden, targets, softcap=active_logit_softcap(model))
 
 
 LossFunction = Callable[[FunAsrNanoForConditionalGeneration, dict[str, torch.Tensor]], torch.Tensor]
