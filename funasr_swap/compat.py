@@ -42,6 +42,14 @@ def restore_logit_softcapping(model: nn.Module) -> bool:
     return True
 
 
+def active_logit_softcap(model: nn.Module) -> float | None:
+    """The cap `restore_logit_softcapping` applies to `model.lm_head`'s output, or None where no cap hook is on it
+    (a loss that bypasses the hook, `funasr_swap.loss.lm_head_cross_entropy`, applies this one itself)."""
+    if getattr(model.lm_head, _HOOK_ATTR, None) is None:
+        return None
+    return float(model.config.text_config.final_logit_softcapping)
+
+
 def fill_gaps(model: FunAsrNanoForConditionalGeneration) -> None:
     """Apply every fix of this module (idempotent): what each entry point that runs a model calls, so a model
     loaded with stock transformers behaves as one loaded by funasr_swap."""

@@ -134,6 +134,7 @@ def test_train_defaults_are_train_configs():
     for option in same_name:
         assert cli[option] == getattr(config, option), option
     assert (cli["steps"], cli["warmup"]) == (config.max_steps, config.warmup_steps)
+    assert cli["compile_layers"] == config.compile
     assert (cli["lora_alpha"], cli["lora_dropout"]) == (lora.alpha, lora.dropout)
     assert cli["lora_targets"] is None and lora.target_modules is None  # None: the registry's per-architecture targets
     assert cli["max_seconds"] == DEFAULT_MAX_AUDIO_SECONDS

@@ -26,7 +26,11 @@ from funasr_swap.train import (
     BatchPlan,
     LoraSettings,
     TrainConfig,
+    _optimizer,
+    _train_mode,
     added_token_ids,
+    attention_kernels,
+    compile_layers,
     evaluate,
     latest_checkpoint,
     setup_trainable,
@@ -112,6 +116,64 @@ def test_supervised_loss_keeps_gemma2_soft_capping(utterances):
         uncapped = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["labels"][:, 1:].flatten()).item()
     assert loss == pytest.approx(expected, rel=1e-5)
     assert abs(loss - uncapped) > 1.0
+
+
+def _steps(model, batches, loss) -> list[float]:
+    """Adaptor-training steps of `model` over `batches`, as `train` takes them (AdamW with its parameter groups,
+    clipping at 1.0), with `loss(model, batch)`: the losses."""
+    config = TrainConfig(output_dir=Path("unused"), lr=1e-2)
+    setup_trainable(model, config)
+    _train_mode(model)
+    optimizer = _optimizer(model, config)
+    trainable = [p for group in optimizer.param_groups for p in group["params"]]
+    losses = []
+    for batch in batches:
+        value = loss(model, batch)
+        value.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(value.item())
+    return losses
+
+
+def test_optimised_step_gives_the_stock_steps_loss_curve(utterances):
+    # float32 on CPU: the stock step (full logits, transformers' loss) and the trainer's (LM head at the supervised
+    # positions, chunked cross-entropy, SDPA without cuDNN) over 6 steps of the same batches, from the same weights;
+    # equal up to float32 summation order (rtol 1e-5; the GPU run's bf16 curves: benchmarks/results)
+    data = utterances["train"]
+    plain, processor = tiny_base()
+    optimised, _ = tiny_base()
+    batches = [_batch(processor, data[i : i + 3]) for i in (0, 3, 5, 0, 3, 5)]
+    expected = _steps(plain, batches, lambda model, batch: model(**batch).loss)
+
+    def trainer_loss(model, batch):
+        with attention_kernels():
+            return supervised_loss(model, batch)
+
+    got = _steps(optimised, batches, trainer_loss)
+    assert expected[-1] < expected[0]  # it trains
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_layers_give_the_eager_loss_and_gradients(utterances):
+    # the GPU default (TrainConfig.compile) on CPU: torch.compile of every layer changes no value beyond rounding
+    model, processor = tiny_base()
+    batch = _batch(processor, utterances["train"][:3])
+    setup_trainable(model, TrainConfig(output_dir=Path("unused")))
+    _train_mode(model)
+    results = []
+    for compiled in (False, True):
+        compile_layers(model, compiled)
+        loss = supervised_loss(model, batch)
+        loss.backward()
+        results.append((loss.item(), [p.grad.clone() for p in model.model.multi_modal_projector.parameters()]))
+        model.zero_grad(set_to_none=True)
+    compile_layers(model, False)
+    assert results[1][0] == pytest.approx(results[0][0], rel=1e-5)
+    for eager, compiled in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(compiled, eager, rtol=1e-3, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------------------------
