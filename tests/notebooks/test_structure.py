@@ -21,7 +21,9 @@ def source(cell: dict) -> str:
 
 
 def text(cell: dict) -> str:
-    return "".join("".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/plain", "")) for o in cell["outputs"])
+    """What a cell printed and showed, as text."""
+    outputs = cell["outputs"]
+    return "".join("".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/plain", "")) for o in outputs)
 
 
 def test_one_notebook_per_path_in_order():
