@@ -11,7 +11,8 @@ module per stage, each callable by name (the notebooks do):
     4. swaps    `runs.train_swap`: `swap_llm` into each target family's tiny LLM; the encoder frozen, the adaptor
                 retrained with LoRA on the frozen LLM and a CTC loss that pulls the adaptor's frames onto the new
                 LLM's token embeddings (`world_loss.adaptor_ctc_loss`)
-    5. report   `report.write_report`: REPORT.md and cer.png; `quickstart.read_index` lists the models built
+    5. report   `report.write_report`: REPORT.md and cer.png; `quickstart.read_index` lists the models built,
+                `quickstart.held_out_manifest` the test clips they were scored on
 
 Every tiny LLM's vocabulary is zero outside the tokens its world uses, and `world_loss.WorldLoss` computes the
 full-vocabulary loss exactly from the world rows: what makes the miniature train on 2 cores. DeepSeek-V2's attention
@@ -22,7 +23,7 @@ dimensions of width / 4) and with LoRA on `kv_a_proj_with_mqa` and `kv_b_proj` t
 
 from funasr_swap.miniature.config import FAMILY_LLMS, QUICK, TARGET_CER, MiniatureConfig, resolve_families
 from funasr_swap.miniature.copy_task import pretrain_llm
-from funasr_swap.miniature.quickstart import ModelEntry, read_index, run_quickstart
+from funasr_swap.miniature.quickstart import ModelEntry, held_out_manifest, read_index, run_quickstart
 from funasr_swap.miniature.report import write_report
 from funasr_swap.miniature.runs import RunResult, build_base, cached_run, load_corpus, train_base, train_swap
 from funasr_swap.miniature.world_loss import WorldLoss, adaptor_ctc_loss, world_cross_entropy
@@ -38,6 +39,7 @@ __all__ = [
     "adaptor_ctc_loss",
     "build_base",
     "cached_run",
+    "held_out_manifest",
     "load_corpus",
     "pretrain_llm",
     "read_index",

@@ -28,7 +28,7 @@ from funasr_swap.miniature.report import write_report
 from funasr_swap.miniature.runs import RESULT_FILE, RunResult, in_worker, load_corpus, train_base, train_swap
 from tokenmap.io import atomic_write_lines
 
-__all__ = ["INDEX_FILE", "ModelEntry", "read_index", "run_quickstart"]
+__all__ = ["INDEX_FILE", "ModelEntry", "held_out_manifest", "read_index", "run_quickstart"]
 
 INDEX_FILE = "models.json"
 MODEL_DIR = "final"  # the model folder inside a run folder (funasr_swap.train's final save)
@@ -77,6 +77,19 @@ def read_index(output: str | os.PathLike = "runs/quickstart") -> list[ModelEntry
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: run `funasr-swap quickstart -o {output}` (--quick: 1 minute)")
     return [ModelEntry(**entry) for entry in json.loads(path.read_text())]
+
+
+def held_out_manifest(output: str | os.PathLike = "runs/quickstart") -> Path:
+    """The manifest of the held-out test clips the quickstart in `output` scored its models on (its corpus folder's
+    `test.jsonl`). FileNotFoundError when there is none; ValueError naming them when `output` holds the corpora of
+    several settings (a `--quick` and a full run in one folder), which only the caller can choose between."""
+    found = sorted(Path(output).glob("corpus-*/test.jsonl"))
+    if not found:
+        raise FileNotFoundError(f"{output} holds no quickstart corpus (corpus-*/test.jsonl): run `funasr-swap "
+                                f"quickstart -o {output}`")  # fmt: skip
+    if len(found) > 1:
+        raise ValueError(f"{output} holds {len(found)} quickstart corpora ({', '.join(map(str, found))}); name one")
+    return found[0]
 
 
 def _write_index(output: Path, runs: list[tuple[RunResult, Path]]) -> Path:

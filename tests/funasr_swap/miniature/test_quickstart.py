@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from funasr_swap.cli import app
-from funasr_swap.miniature import read_index
+from funasr_swap.miniature import held_out_manifest, read_index
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 
@@ -25,6 +25,18 @@ def test_quickstart_refuses_an_unknown_family(tmp_path):
 def test_read_index_says_how_to_build_a_missing_world(tmp_path):
     with pytest.raises(FileNotFoundError, match="funasr-swap quickstart"):
         read_index(tmp_path)
+
+
+def test_held_out_manifest_finds_the_one_corpus_or_says_what_is_wrong(tmp_path):
+    with pytest.raises(FileNotFoundError, match="funasr-swap quickstart"):
+        held_out_manifest(tmp_path)
+    for key in ("aaaa", "bbbb"):
+        (tmp_path / f"corpus-{key}").mkdir()
+        (tmp_path / f"corpus-{key}" / "test.jsonl").write_text("")
+    with pytest.raises(ValueError, match="2 quickstart corpora"):
+        held_out_manifest(tmp_path)
+    (tmp_path / "corpus-bbbb" / "test.jsonl").unlink()
+    assert held_out_manifest(tmp_path) == tmp_path / "corpus-aaaa" / "test.jsonl"
 
 
 def _newest_last(folder):
