@@ -51,4 +51,3 @@ def demo_server(world_models, world_examples, demo_config):
         url = launch(app, demo_config, block=False, quiet=True)
         yield app, url
         app.close()
-
