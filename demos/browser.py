@@ -14,7 +14,8 @@ if TYPE_CHECKING:
     from playwright.sync_api import Page
 
 __all__ = [
-    "CHROMIUM", "chromium_page", "clear_audio", "open_demo", "pick_example", "run_comparison", "transcripts", "upload",
+    "CHROMIUM", "chromium_page", "clear_audio", "open_demo", "pick_example", "record", "run_comparison", "transcripts",
+    "upload",
 ]  # fmt: skip
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package `chromium`
@@ -22,16 +23,29 @@ TIMEOUT_MS = 120_000  # a comparison on 2 CPU cores: every model transcribes the
 
 
 @contextmanager
-def chromium_page(width: int = 1400, height: int = 1000, executable: str | os.PathLike = CHROMIUM) -> Iterator[Page]:
-    """A page of a headless Chromium of `width` x `height` CSS pixels; the browser closes on exit."""
+def chromium_page(
+    width: int = 1400,
+    height: int = 1000,
+    microphone: str | os.PathLike | None = None,
+    executable: str | os.PathLike = CHROMIUM,
+) -> Iterator[Page]:
+    """A page of a headless Chromium of `width` x `height` CSS pixels; the browser closes on exit. With
+    `microphone` (a wav file), the page may use a microphone that plays that file in a loop (Chromium's fake capture
+    device, as Gradio's own browser tests record)."""
     from playwright.sync_api import sync_playwright
 
     if not Path(executable).is_file():
         raise FileNotFoundError(f"no Chromium at {executable}: install Debian's `chromium` (scripts/setup.sh does)")
+    args, permissions = [], []
+    if microphone is not None:
+        args = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-audio-capture={microphone}"]  # fmt: skip
+        permissions = ["microphone"]
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(executable))
+        browser = playwright.chromium.launch(executable_path=str(executable), args=args)
         try:
-            page = browser.new_page(viewport={"width": width, "height": height})
+            context = browser.new_context(viewport={"width": width, "height": height}, permissions=permissions)
+            page = context.new_page()
             page.set_default_timeout(TIMEOUT_MS)
             yield page
         finally:
@@ -74,6 +88,17 @@ def run_comparison(page: Page, count: int) -> list[str]:
 def clear_audio(page: Page) -> None:
     """Remove the audio the input holds (an example's), which brings back its upload box."""
     page.locator("#audio").get_by_label("Clear").click()
+
+
+def record(page: Page, seconds: float) -> None:
+    """Record `seconds` from the microphone into the audio input (which must be empty); returns once the recording
+    is in the input."""
+    audio = page.locator("#audio")
+    audio.get_by_label("Record audio").click()
+    audio.locator(".record-button").click()
+    page.wait_for_timeout(seconds * 1000)
+    audio.locator(".stop-button").click()
+    audio.get_by_label("Play", exact=True).wait_for()
 
 
 def upload(page: Page, path: str | os.PathLike) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import soundfile
+from playwright.sync_api import expect
 
-from demos.browser import CHROMIUM, chromium_page, clear_audio, open_demo, pick_example, run_comparison, upload
+from demos.browser import CHROMIUM, chromium_page, clear_audio, open_demo, pick_example, record, run_comparison
+from demos.browser import upload as upload_file
 
 pytestmark = [
     pytest.mark.slow,
@@ -37,7 +39,7 @@ def test_a_person_compares_an_example_and_is_told_a_file_is_too_large(
         assert "CER" in page.locator("#stats-0").inner_text()
 
         clear_audio(page)
-        upload(page, too_large)
+        upload_file(page, too_large)
         page.get_by_text("exceed the maximum allowed size").wait_for()
         page.screenshot(path=tmp_path / "too-large.png")
 
@@ -46,3 +48,19 @@ def test_a_person_compares_an_example_and_is_told_a_file_is_too_large(
         page.locator(".tok-speech", has_text=placeholder).first.wait_for()
     assert (tmp_path / "compare.png").stat().st_size > 0
     print(f"screenshots in {tmp_path}")
+
+
+def test_a_person_records_from_the_microphone_and_compares(demo_server, demo_config, world_models, world_examples):
+    _, url = demo_server
+    before = set(demo_config.temp_dir.rglob("*.wav"))
+    with chromium_page(microphone=world_examples[0].audio) as page:  # the fake microphone plays a test clip
+        open_demo(page, url)
+        pick_example(page, world_examples[1].text)  # a reference that the recording must not be scored against
+        clear_audio(page)
+        record(page, 2.0)
+        expect(page.locator("#reference textarea")).to_have_value("")  # the page clears it (waits for that)
+        shown = run_comparison(page, len(world_models))
+        stats = [page.locator(f"#stats-{i}").inner_text() for i in range(len(world_models))]
+    assert all("latency" in s and "CER" not in s for s in stats), stats
+    assert all(isinstance(text, str) for text in shown)
+    assert set(demo_config.temp_dir.rglob("*.wav")) - before  # the recording was uploaded into the temp folder
