@@ -44,6 +44,19 @@ def test_use_temp_dir_points_every_gradio_file_at_one_folder(tmp_path, monkeypat
     fresh.rmdir()
 
 
+def test_a_model_folder_that_does_not_load_is_named_in_the_page(tiny_base_folder, tmp_path, monkeypatch):
+    from demos.compare_app import build_app
+    from demos.models import load_models
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", "unchanged")  # build_app sets them: restored after the test
+    monkeypatch.setenv("GRADIO_EXAMPLES_CACHE", "unchanged")
+    app = build_app(load_models([tmp_path / "gone", tiny_base_folder]), [], DemoConfig(temp_dir=tmp_path / "temp"))
+    values = {c.get("props", {}).get("elem_id"): c["props"].get("value") for c in app.config["components"]}
+    assert "could not load" in values["card-0"] and "gone" in values["card-0"]
+    assert "LLM qwen3" in values["card-1"]
+    assert values["models"] == ["tiny"]  # only loaded models can be chosen
+
+
 def test_demo_config_refuses_non_positive_limits():
     with pytest.raises(ValueError, match="queue_size must be > 0, got 0"):
         DemoConfig(queue_size=0)
