@@ -16,12 +16,14 @@ import os
 # before Gradio is imported: it would otherwise report usage to its servers (and wait on an unreachable network)
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+import functools  # noqa: E402
 import html  # noqa: E402
 import tempfile  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
 
 from demos.compare import DIFF_LABELS, ModelResult, compare_models, ranking  # noqa: E402
 from demos.config import DemoConfig  # noqa: E402
@@ -29,7 +31,9 @@ from demos.models import DemoModel  # noqa: E402
 from demos.prompt_view import KIND_COLOURS, prompt_html, prompt_tokens  # noqa: E402
 from funasr_swap.data import Utterance  # noqa: E402
 
-__all__ = ["RANKING_HEADERS", "build_app", "launch", "read_examples", "read_input", "serve", "use_temp_dir"]
+__all__ = [
+    "RANKING_HEADERS", "build_app", "compare_clip", "launch", "read_examples", "read_input", "serve", "use_temp_dir",
+]  # fmt: skip
 
 RANKING_HEADERS = ["rank", "model", "CER %", "latency s", "RTF"]
 NO_AUDIO = "Upload a file, record from the microphone or pick an example first."
@@ -54,9 +58,9 @@ def use_temp_dir(config: DemoConfig) -> Path:
     return folder
 
 
-def read_input(path: str | None, sampling_rate: int, max_seconds: float):
-    """The audio at `path` as a mono waveform at `sampling_rate`, or None with the message that says why not:
-    nothing given, not readable as audio, empty, or longer than `max_seconds`. Returns (waveform | None, message)."""
+def read_input(path: str | None, sampling_rate: int, max_seconds: float) -> tuple[np.ndarray | None, str]:
+    """(the audio at `path` as a mono waveform at `sampling_rate`, "") or (None, the message that says why not):
+    nothing given, not readable as audio, empty, or longer than `max_seconds`."""
     from funasr_swap.audio import load_audio
 
     if not path:
@@ -98,6 +102,36 @@ def _prompt_section(model: DemoModel) -> str:
     return f"{title}<p>{sum(t.count for t in tokens)} tokens for 1 s of audio</p>{prompt_html(tokens)}"
 
 
+def compare_clip(
+    models: Sequence[DemoModel], config: DemoConfig, audio: str | None, reference: str, selected: list[str] | None
+) -> list:
+    """The page's outputs for one press of Compare: the message (empty when all went well), the ranking rows, the
+    results by model name (text, latency, rtf, cer, error), then for each of `models` in order its transcript, its
+    stats line and its word differences. The selected models that loaded transcribe the clip at `audio`; a clip
+    that cannot be used (`read_input`) or no model selected gives only the message."""
+    loaded = [m for m in models if m.loaded]
+    # no loaded model: any rate serves, the clip is only checked
+    sampling_rate = loaded[0].processor.feature_extractor.sampling_rate if loaded else 16000
+    per_model = {m.name: ("", "not selected" if m.loaded else "not loaded", None) for m in models}
+    waveform, message = read_input(audio, sampling_rate, config.max_audio_seconds)
+    chosen = [m for m in loaded if m.name in (selected or [])]
+    if waveform is not None and not chosen:
+        message = "Select at least one model."
+    results: list[ModelResult] = []
+    if waveform is not None and chosen:
+        results = compare_models(chosen, waveform, reference, config.max_new_tokens)
+        for result in results:
+            per_model[result.name] = (result.text or "", _stats(result), result.diff or None)
+        if all(r.error is not None for r in results):
+            message = "Every selected model failed on this audio: each column says why."
+    by_model = {r.name: {"text": r.text, "latency": r.latency, "rtf": r.rtf, "cer": r.cer, "error": r.error}
+                for r in results}  # fmt: skip
+    outputs = [f"⚠️ {message}" if message else "", ranking(results), by_model]
+    for model in models:
+        outputs.extend(per_model[model.name])
+    return outputs
+
+
 def build_app(models: Sequence[DemoModel], examples: Sequence[Utterance], config: DemoConfig) -> gr.Blocks:
     """The page over `models` (in this order; those that failed to load show their error) with `examples` (held-out
     clips and their references). Sets the temp folder first (`use_temp_dir`). The comparison is also an HTTP API,
@@ -105,28 +139,6 @@ def build_app(models: Sequence[DemoModel], examples: Sequence[Utterance], config
     stats, differences)."""
     use_temp_dir(config)
     loaded = [m for m in models if m.loaded]
-    sampling_rate = loaded[0].processor.feature_extractor.sampling_rate if loaded else 16000
-
-    def run_comparison(audio: str | None, reference: str, selected: list[str]):
-        per_model = {m.name: ("", "not selected" if m.loaded else "not loaded", None) for m in models}
-        waveform, message = read_input(audio, sampling_rate, config.max_audio_seconds)
-        chosen = [m for m in loaded if m.name in (selected or [])]
-        if waveform is not None and not chosen:
-            message = "Select at least one model."
-        results: list[ModelResult] = []
-        if waveform is not None and chosen:
-            results = compare_models(chosen, waveform, reference, config.max_new_tokens)
-            for result in results:
-                per_model[result.name] = (result.text or "", _stats(result), result.diff or None)
-            if all(r.error is not None for r in results):
-                message = "Every selected model failed on this audio: each column says why."
-        by_model = {r.name: {"text": r.text, "latency": r.latency, "rtf": r.rtf, "cer": r.cer, "error": r.error}
-                    for r in results}  # fmt: skip
-        outputs = [f"⚠️ {message}" if message else "", ranking(results), by_model]
-        for m in models:
-            outputs.extend(per_model[m.name])
-        return outputs
-
     with gr.Blocks(title="funasr-swap: compare models", delete_cache=(3600, 3600)) as app:
         gr.Markdown(
             "# funasr-swap: compare swapped models\nOne clip through every model: the same encoder, each with its "
@@ -145,7 +157,7 @@ def build_app(models: Sequence[DemoModel], examples: Sequence[Utterance], config
                     if examples:
                         gr.Examples(
                             [[str(u.audio), u.text] for u in examples], [audio, reference],
-                            label="Held-out test clips (never trained on)", elem_id="examples",
+                            label="Held-out test clips (never trained on)", elem_id="examples", cache_examples=False,
                         )  # fmt: skip
             message = gr.Markdown(elem_id="message")
             columns = []
@@ -162,8 +174,8 @@ def build_app(models: Sequence[DemoModel], examples: Sequence[Utterance], config
             table = gr.Dataframe(headers=RANKING_HEADERS, label="Ranking", interactive=False, elem_id="ranking")
             with gr.Accordion("Results by model (JSON)", open=False):
                 results = gr.JSON(elem_id="results")
-            button.click(run_comparison, [audio, reference, selected], [message, table, results, *columns],
-                         api_name="compare")  # fmt: skip
+            button.click(functools.partial(compare_clip, models, config), [audio, reference, selected],
+                         [message, table, results, *columns], api_name="compare")  # fmt: skip
             # a new upload or recording has no reference: a previous example's would score it wrongly
             for event in (audio.upload, audio.stop_recording):
                 event(lambda: "", None, reference, api_visibility="private")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from demos.compare_app import NO_AUDIO, RANKING_HEADERS, read_input, use_temp_dir
+from demos.compare_app import NO_AUDIO, RANKING_HEADERS, compare_clip, read_input, use_temp_dir
 from demos.config import DemoConfig
 from funasr_swap.transcribe import transcribe
 
@@ -42,6 +42,28 @@ def test_use_temp_dir_points_every_gradio_file_at_one_folder(tmp_path, monkeypat
     fresh = use_temp_dir(DemoConfig())
     assert fresh.is_dir() and fresh.name.startswith("funasr-swap-demo-")
     fresh.rmdir()
+
+
+def test_compare_clip_fills_one_column_per_model_and_says_what_went_wrong(tiny_base_folder, tmp_path):
+    from demos.models import load_models
+
+    models = load_models([tiny_base_folder, tmp_path / "gone", tiny_base_folder])  # "tiny", "gone", "tiny (2)"
+    config = DemoConfig(max_new_tokens=4)
+    clip = "tests/fixtures/fbank/en.wav"
+    message, rows, by_model, *columns = compare_clip(models, config, clip, "hello world", ["tiny"])
+    assert message == "" and list(by_model) == ["tiny"] and [row[1] for row in rows] == ["tiny"]
+    assert len(columns) == 3 * len(models)  # transcript, stats, differences per model
+    assert columns[0] == by_model["tiny"]["text"] and "CER" in columns[1] and columns[2]
+    assert columns[3:] == ["", "not loaded", None, "", "not selected", None]
+    message, rows, by_model, *columns = compare_clip(models, config, None, "", ["tiny"])
+    assert NO_AUDIO in message and rows == [] and by_model == {} and columns[:2] == ["", "not selected"]
+    assert "Select at least one model" in compare_clip(models, config, clip, "", [])[0]
+    soundfile.write(tmp_path / "click.wav", np.full(10, 0.1, np.float32), 16000)  # shorter than one feature frame
+    message, rows, by_model, *columns = compare_clip(
+        models, config, str(tmp_path / "click.wav"), "", ["tiny", "tiny (2)"]
+    )
+    assert "Every selected model failed" in message and "shorter than one" in columns[1]
+    assert [row[2:] for row in rows] == [[None, None, None]] * 2
 
 
 def test_a_model_folder_that_does_not_load_is_named_in_the_page(tiny_base_folder, tmp_path, monkeypatch):
