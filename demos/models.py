@@ -60,11 +60,11 @@ class DemoModel:
 
 def marker_strategy(processor: FunAsrNanoProcessor, family: str) -> str:
     """How the model found its audio placeholder (`tokenmap.markers`): "reuse" when it is one of the family's
-    unused special tokens, else "add" (a token the swap added)."""
+    unused special tokens, else "add" (a token the swap added); "unknown" for a tokenizer of no known family."""
     from tokenmap.families import get_family
 
     if family == "unknown":
-        return "add"
+        return "unknown"
     unused = {token for token, _ in get_family(family).unused_special_tokens(processor.tokenizer)}
     return "reuse" if processor.audio_token in unused else "add"
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from demos.models import load_models
@@ -25,6 +27,11 @@ def test_cards_of_the_quickstart_models_come_from_their_runs(quick_world, world_
         assert (card.placeholder, card.placeholder_id) == (model.processor.audio_token, model.processor.audio_token_id)
         assert f"`{card.placeholder}` ({card.placeholder_id})" in card.to_markdown()
         assert f"{entry.test_cer:.1%}" in card.to_markdown()
+    for model in world_models[1:]:  # each swap's own report agrees
+        report = json.loads((model.folder.parent / "swap_report.json").read_text())
+        assert model.card.adaptor_params == report["adaptor_params_after"]
+        assert model.card.marker_strategy == ("add" if report["added_token_ids"] else "reuse")
+        assert report["markers"]["placeholder"] == [model.card.placeholder, model.card.placeholder_id]
     markers = {m.card.family: m.card.marker_strategy for m in world_models}
     # DeepSeek-V2's tokenizer has no unused special token: its swap adds one (tokenmap.markers.default_strategy)
     assert markers == {"qwen3": "reuse", "llama3": "reuse", "gemma2": "reuse", "deepseek-v2": "add"}
