@@ -18,6 +18,7 @@ Examples:
     funasr-swap train --model ./nano-llama --train data/synth/train.jsonl --valid data/synth/valid.jsonl -o runs/llama
     funasr-swap eval --model runs/llama/final --manifest data/synth/test.jsonl -o runs/llama/test.jsonl
     funasr-swap transcribe --model runs/llama/final a.wav b.flac --language en
+    funasr-swap demo --quickstart runs/quickstart
 """
 
 from __future__ import annotations
@@ -106,6 +107,11 @@ def train_default(field: str) -> LibraryDefault:
 def transcribe_default(parameter: str) -> LibraryDefault:
     """The default of `funasr_swap.transcribe.transcribe`'s `parameter`."""
     return LibraryDefault(f"funasr_swap.transcribe:transcribe.{parameter}")
+
+
+def demo_default(field: str) -> LibraryDefault:
+    """The default of `demos.config.DemoConfig.<field>`."""
+    return LibraryDefault(f"demos.config:DemoConfig.{field}")
 
 
 def synth_default(parameter: str) -> LibraryDefault:
@@ -657,3 +663,59 @@ def quickstart(
     names = [name.strip() for name in families.split(",") if name.strip()]
     report = run_quickstart(output, names, config, jobs=jobs, log=typer.echo)
     typer.echo(report.read_text())
+
+
+@app.command()
+@one_line_errors
+def demo(
+    quickstart: Path = typer.Option(
+        default_factory=LibraryDefault("funasr_swap.miniature.quickstart:read_index.output"),
+        help="a quickstart's folder: the demo compares every model it built (models.json) on its held-out test clips",
+    ),
+    model: list[Path] | None = typer.Option(
+        None, "--model", help="a model folder to compare instead of the quickstart's models; repeatable"
+    ),
+    examples: Path | None = typer.Option(
+        None,
+        help="JSONL manifest of example clips (audio, text); default: the quickstart's test clips, none with --model",
+    ),
+    host: str = typer.Option(default_factory=demo_default("host"), help="address to serve on (0.0.0.0: the network)"),
+    port: int | None = typer.Option(
+        default_factory=demo_default("port"), help="port; default: the first free one from 7860"
+    ),
+    max_file_size: str = typer.Option(default_factory=demo_default("max_file_size"), help="largest upload (10mb, 1gb)"),
+    max_seconds: float = typer.Option(
+        default_factory=demo_default("max_audio_seconds"), min=0.0, help="longer audio gets a message, not a transcript"
+    ),
+    queue_size: int = typer.Option(
+        default_factory=demo_default("queue_size"), min=1, help="comparisons that may wait; more are turned away"
+    ),
+    concurrency: int = typer.Option(
+        default_factory=demo_default("concurrency_limit"), min=1, help="comparisons that run at once"
+    ),
+    max_new_tokens: int = typer.Option(
+        default_factory=demo_default("max_new_tokens"), min=1, help="the longest transcript, in tokens"
+    ),
+    max_examples: int = typer.Option(default_factory=demo_default("max_examples"), min=0, help="example clips shown"),
+    temp_dir: Path | None = typer.Option(
+        default_factory=demo_default("temp_dir"), help="folder for uploads and cached files; default: a new temp folder"
+    ),
+) -> None:
+    """Serve the comparison page: one clip (upload, microphone or a held-out example) through every model side by
+    side, with latency, real-time factor, CER and differences against the reference, and each model's ASR prompt
+    token by token. Binds 127.0.0.1 unless --host says otherwise.
+
+    Example: funasr-swap demo --quickstart runs/quickstart
+    """
+    from demos.compare_app import serve
+    from demos.config import DemoConfig
+    from funasr_swap.miniature.quickstart import held_out_manifest, read_index
+
+    folders = model or [Path(quickstart) / entry.folder for entry in read_index(quickstart)]
+    if examples is None and not model:
+        examples = held_out_manifest(quickstart)
+    config = DemoConfig(
+        host=host, port=port, max_file_size=max_file_size, max_audio_seconds=max_seconds, queue_size=queue_size,
+        concurrency_limit=concurrency, max_new_tokens=max_new_tokens, max_examples=max_examples, temp_dir=temp_dir,
+    )  # fmt: skip
+    serve(folders, examples, config)

@@ -4,10 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if command -v apt-get >/dev/null && ! command -v espeak-ng >/dev/null; then
+# espeak-ng: speech for the miniature corpus; libsndfile1: audio files; chromium: the demo's browser test (Playwright
+# drives this system browser through executable_path: no browser download)
+APT_PACKAGES="espeak-ng libsndfile1 chromium"
+if command -v apt-get >/dev/null && ! dpkg -s $APT_PACKAGES >/dev/null 2>&1; then
     SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
     $SUDO apt-get update -qq
-    $SUDO apt-get install -y -qq espeak-ng libsndfile1 >/dev/null
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $APT_PACKAGES >/dev/null
 fi
 
 PYTHON=${PYTHON:-python3.11}

@@ -51,3 +51,18 @@ def tiny_llama_folder(tmp_path_factory):
         AutoModelForCausalLM.from_config(tiny_text_config("Llama-3.2-1B")).save_pretrained(folder)
     real_tokenizer("llama3").save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def quick_world(tmp_path_factory):
+    """A `funasr-swap quickstart --quick` world (every family; about a minute on 2 cores) built once per session;
+    its folder. Tests read it, never write into it."""
+    import shutil
+
+    from funasr_swap.miniature import QUICK, run_quickstart
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed")
+    output = tmp_path_factory.mktemp("quick-world")
+    run_quickstart(output, config=QUICK, log=lambda line: None)
+    return output

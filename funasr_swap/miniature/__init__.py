@@ -13,7 +13,8 @@ module per stage, each callable by name (the notebooks do):
                 frozen, the adaptor retrained with LoRA on the frozen LLM and a CTC loss that pulls the adaptor's
                 frames onto the new LLM's token embeddings (`world_loss.adaptor_ctc_loss`)
     5. report   `report.write_report`: REPORT.md and cer.png; `quickstart.read_index` lists the models built,
-                `quickstart.open_world` builds what a notebook needs and is missing
+                `quickstart.open_world` builds what a notebook needs and is missing, `quickstart.held_out_manifest`
+                the test clips the models were scored on
 
 Every tiny LLM's vocabulary is zero outside the tokens its world uses, and `world_loss.WorldLoss` computes the
 full-vocabulary loss exactly from the world rows: what makes the miniature train on 2 cores. DeepSeek-V2's attention
@@ -37,6 +38,7 @@ from funasr_swap.miniature.quickstart import (
     ModelEntry,
     World,
     WorldFolders,
+    held_out_manifest,
     open_world,
     read_index,
     run_quickstart,
@@ -71,6 +73,7 @@ __all__ = [
     "adaptor_ctc_loss",
     "build_base",
     "cached_run",
+    "held_out_manifest",
     "load_corpus",
     "open_world",
     "pretrain_llm",

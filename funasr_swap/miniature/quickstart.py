@@ -29,8 +29,8 @@ from funasr_swap.miniature.runs import RESULT_FILE, RunResult, in_worker, load_c
 from tokenmap.io import atomic_write_lines
 
 __all__ = [
-    "INDEX_FILE", "MODEL_DIR", "NAMED_WORLDS", "ModelEntry", "World", "WorldFolders", "open_world", "read_index",
-    "run_quickstart", "world_folders",
+    "INDEX_FILE", "MODEL_DIR", "NAMED_WORLDS", "ModelEntry", "World", "WorldFolders", "held_out_manifest",
+    "open_world", "read_index", "run_quickstart", "world_folders",
 ]  # fmt: skip
 
 INDEX_FILE = "models.json"
@@ -104,6 +104,19 @@ def read_index(output: str | os.PathLike = "runs/quickstart") -> list[ModelEntry
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: run `funasr-swap quickstart -o {output}` (--quick: 1 minute)")
     return [ModelEntry(**entry) for entry in json.loads(path.read_text())]
+
+
+def held_out_manifest(output: str | os.PathLike = "runs/quickstart") -> Path:
+    """The manifest of the held-out test clips the quickstart in `output` scored its models on (its corpus folder's
+    `test.jsonl`). FileNotFoundError when there is none; ValueError naming them when `output` holds the corpora of
+    several settings (a `--quick` and a full run in one folder), which only the caller can choose between."""
+    found = sorted(Path(output).glob("corpus-*/test.jsonl"))
+    if not found:
+        raise FileNotFoundError(f"{output} holds no quickstart corpus (corpus-*/test.jsonl): run `funasr-swap "
+                                f"quickstart -o {output}`")  # fmt: skip
+    if len(found) > 1:
+        raise ValueError(f"{output} holds {len(found)} quickstart corpora ({', '.join(map(str, found))}); name one")
+    return found[0]
 
 
 # The worlds notebooks and the demo open by name: the quickstart's (`funasr-swap quickstart`, whose default output

@@ -26,7 +26,7 @@ from funasr_swap.train import STATE_FILE, LoraSettings, TrainConfig, evaluate
 from funasr_swap.transcribe import DEFAULT_MAX_AUDIO_SECONDS, transcribe
 
 RATE = 16000
-COMMANDS = ("convert", "transcribe", "plan", "swap", "synth", "train", "eval")
+COMMANDS = ("convert", "transcribe", "plan", "swap", "synth", "train", "eval", "demo")
 
 
 def invoke(*args: str | Path, env: dict[str, str | None] | None = None):
@@ -353,3 +353,30 @@ def test_train_bad_inputs_fail_before_any_work(base, manifest, tmp_path):
     result = invoke("train", "--model", base, "--train", spelled, "-o", tmp_path / "run")
     assert_error(result, f"{spelled}:4: 'text'", alone=False)
     assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# demo
+
+
+def test_demo_without_a_quickstart_says_how_to_build_one(tmp_path):
+    assert_error(invoke("demo", "--quickstart", tmp_path / "none"), "funasr-swap quickstart")
+
+
+def test_demo_serves_the_quickstarts_models_and_test_clips_with_its_options(tmp_path, monkeypatch):
+    from demos.config import DemoConfig
+
+    entry = {"name": "base", "llm": "Qwen3-0.6B", "family": "qwen3", "init": "joint", "folder": "base-x/final",
+             "test_cer": 0.1, "test_wer": 0.2}  # fmt: skip
+    (tmp_path / "models.json").write_text(json.dumps([entry]))
+    (tmp_path / "corpus-x").mkdir()
+    (tmp_path / "corpus-x" / "test.jsonl").write_text("")
+    served = []
+    monkeypatch.setattr("demos.compare_app.serve", lambda *args: served.append(args))  # instead of serving forever
+    result = invoke("demo", "--quickstart", tmp_path, "--max-seconds", "12", "--port", "7999")
+    assert result.exit_code == 0, result.output
+    config = DemoConfig(port=7999, max_audio_seconds=12.0)
+    assert served.pop() == ([tmp_path / "base-x" / "final"], tmp_path / "corpus-x" / "test.jsonl", config)
+    result = invoke("demo", "--model", tmp_path / "a", "--model", tmp_path / "b", "--max-file-size", "1mb")
+    assert result.exit_code == 0, result.output
+    assert served.pop() == ([tmp_path / "a", tmp_path / "b"], None, DemoConfig(max_file_size="1mb"))  # no examples

@@ -8,7 +8,15 @@ import pytest
 from typer.testing import CliRunner
 
 from funasr_swap.cli import app
-from funasr_swap.miniature import MODEL_DIR, QUICK, load_corpus, open_world, read_index, world_folders
+from funasr_swap.miniature import (
+    MODEL_DIR,
+    QUICK,
+    held_out_manifest,
+    load_corpus,
+    open_world,
+    read_index,
+    world_folders,
+)
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 
@@ -27,6 +35,18 @@ def test_read_index_says_how_to_build_a_missing_world(tmp_path):
         read_index(tmp_path)
     with pytest.raises(KeyError, match="unknown world 'huge'; choose from full, quick"):
         open_world("huge", runs=tmp_path)
+
+
+def test_held_out_manifest_finds_the_one_corpus_or_says_what_is_wrong(tmp_path):
+    with pytest.raises(FileNotFoundError, match="funasr-swap quickstart"):
+        held_out_manifest(tmp_path)
+    for key in ("aaaa", "bbbb"):
+        (tmp_path / f"corpus-{key}").mkdir()
+        (tmp_path / f"corpus-{key}" / "test.jsonl").write_text("")
+    with pytest.raises(ValueError, match="2 quickstart corpora"):
+        held_out_manifest(tmp_path)
+    (tmp_path / "corpus-bbbb" / "test.jsonl").unlink()
+    assert held_out_manifest(tmp_path) == tmp_path / "corpus-aaaa" / "test.jsonl"
 
 
 def _newest_last(folder):

@@ -1,0 +1,128 @@
+"""The models a demo compares: each loaded once at start-up with its card; a folder that does not load becomes a
+card carrying the error, so that the page still serves the others and says why one is missing."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import FunAsrNanoForConditionalGeneration, FunAsrNanoProcessor
+
+__all__ = ["DemoModel", "ModelCard", "load_models", "marker_strategy"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What the page says about one model."""
+
+    llm: str  # registry name of its LLM, or the text model's type outside the registry
+    family: str  # chat family (tokenmap.families), "unknown" when the tokenizer matches none
+    hidden_size: int  # the LLM's width, which the adaptor's output must equal
+    adaptor_params: int
+    adaptor_init: str  # "joint" (the base), "bridge" or "fresh"; "unknown" outside a quickstart run
+    marker_strategy: str  # how the audio placeholder was found: "reuse" or "add" (`marker_strategy`)
+    placeholder: str  # the audio placeholder token
+    placeholder_id: int
+    test_cer: float | None  # from the run's result.json; None when the folder has none
+
+    def to_markdown(self) -> str:
+        """The card as Markdown lines; tokens in code spans (`<unused0>` would otherwise read as an HTML tag)."""
+        cer = "not measured" if self.test_cer is None else f"{self.test_cer:.1%}"
+        return (
+            f"LLM {self.llm} ({self.family}), hidden {self.hidden_size}  \n"
+            f"adaptor {self.adaptor_params:,} params, init {self.adaptor_init}  \n"
+            f"speech markers: {self.marker_strategy} `{self.placeholder}` ({self.placeholder_id})  \ntest CER: {cer}"
+        )
+
+
+@dataclass
+class DemoModel:
+    """One model folder: loaded with its card, or the error that kept it from loading."""
+
+    name: str
+    folder: Path
+    model: FunAsrNanoForConditionalGeneration | None = None
+    processor: FunAsrNanoProcessor | None = None
+    card: ModelCard | None = None
+    error: str | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self.error is None
+
+
+def marker_strategy(processor: FunAsrNanoProcessor, family: str) -> str:
+    """How the model found its audio placeholder (`tokenmap.markers`): "reuse" when it is one of the family's
+    unused special tokens, else "add" (a token the swap added); "unknown" for a tokenizer of no known family."""
+    from tokenmap.families import get_family
+
+    if family == "unknown":
+        return "unknown"
+    unused = {token for token, _ in get_family(family).unused_special_tokens(processor.tokenizer)}
+    return "reuse" if processor.audio_token in unused else "add"
+
+
+def _folder_name(folder: Path) -> str:
+    """A model's name when no run names it: the folder's, with its parent's for a training run's `final`."""
+    from funasr_swap.miniature.quickstart import MODEL_DIR
+
+    return f"{folder.parent.name}/{folder.name}" if folder.name == MODEL_DIR else folder.name
+
+
+def _card(
+    folder: Path, model: FunAsrNanoForConditionalGeneration, processor: FunAsrNanoProcessor
+) -> tuple[str, ModelCard]:
+    """The model's name and card. A quickstart run (`folder` is its `final`) names its LLM, family, adaptor init and
+    test CER in the run's result.json; elsewhere they come from the config and the tokenizer."""
+    from funasr_swap.llms import count_parameters, match_llm
+    from funasr_swap.miniature.runs import cached_run
+    from tokenmap.families import detect_family
+
+    text_config = model.config.text_config
+    run = cached_run(folder.parent)
+    if run is not None:
+        name, llm, family, init, test_cer = run.name, run.llm, run.family, run.strategy, run.test_cer
+    else:
+        spec = match_llm(text_config)
+        try:
+            family = detect_family(processor.tokenizer).name
+        except ValueError:  # a tokenizer of no known family still transcribes
+            family = "unknown"
+        name, llm, init, test_cer = _folder_name(folder), spec.name if spec else text_config.model_type, "unknown", None
+    card = ModelCard(
+        llm=llm, family=family, hidden_size=text_config.hidden_size,
+        adaptor_params=count_parameters(model.model.multi_modal_projector), adaptor_init=init,
+        marker_strategy=marker_strategy(processor, family), placeholder=processor.audio_token,
+        placeholder_id=processor.audio_token_id, test_cer=test_cer,
+    )  # fmt: skip
+    return name, card
+
+
+def load_models(folders: Sequence[str | os.PathLike]) -> list[DemoModel]:
+    """Load every folder (`funasr_swap.convert.load_base`, on the CPU) once, in order, with its card; names are made
+    unique by numbering repeats. A folder that fails to load is kept with its error (and the error logged)."""
+    from funasr_swap.convert import load_base
+
+    models: list[DemoModel] = []
+    for folder in map(Path, folders):
+        try:
+            model, processor = load_base(folder)
+            name, card = _card(folder, model, processor)
+            entry = DemoModel(name, folder, model, processor, card)
+        except Exception as error:  # any failure (missing, corrupt, unknown architecture) must not stop the demo
+            log.warning("could not load %s: %s", folder, error)
+            entry = DemoModel(_folder_name(folder), folder, error=f"{type(error).__name__}: {error}")
+        taken = {m.name for m in models}
+        if entry.name in taken:
+            entry.name = next(
+                f"{entry.name} ({n})" for n in range(2, len(models) + 3) if f"{entry.name} ({n})" not in taken
+            )
+        models.append(entry)
+    return models

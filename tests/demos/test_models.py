@@ -1,0 +1,57 @@
+"""The demo's models: loaded once with their cards; a folder that does not load is kept with its error."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from demos.models import load_models
+from funasr_swap.llms import count_parameters
+from funasr_swap.miniature import read_index
+
+pytestmark = pytest.mark.slow  # the quick world: about a minute, once per session
+
+
+def test_cards_of_the_quickstart_models_come_from_their_runs(quick_world, world_models):
+    index = read_index(quick_world)
+    assert [m.name for m in world_models] == [entry.name for entry in index]
+    for model, entry in zip(world_models, index):
+        assert model.loaded and model.folder == quick_world / entry.folder
+        card = model.card
+        assert (card.llm, card.family, card.adaptor_init, card.test_cer) == (
+            entry.llm, entry.family, entry.init, entry.test_cer
+        )  # fmt: skip
+        assert card.hidden_size == model.model.config.text_config.hidden_size
+        assert card.adaptor_params == count_parameters(model.model.model.multi_modal_projector)
+        assert (card.placeholder, card.placeholder_id) == (model.processor.audio_token, model.processor.audio_token_id)
+        assert f"`{card.placeholder}` ({card.placeholder_id})" in card.to_markdown()
+        assert f"{entry.test_cer:.1%}" in card.to_markdown()
+    for model in world_models[1:]:  # each swap's own report agrees
+        report = json.loads((model.folder.parent / "swap_report.json").read_text())
+        assert model.card.adaptor_params == report["adaptor_params_after"]
+        assert model.card.marker_strategy == ("add" if report["added_token_ids"] else "reuse")
+        assert report["markers"]["placeholder"] == [model.card.placeholder, model.card.placeholder_id]
+    markers = {m.card.family: m.card.marker_strategy for m in world_models}
+    # DeepSeek-V2's tokenizer has no unused special token: its swap adds one (tokenmap.markers.default_strategy)
+    assert markers == {"qwen3": "reuse", "llama3": "reuse", "gemma2": "reuse", "deepseek-v2": "add"}
+
+
+def test_a_folder_outside_a_quickstart_run_gets_a_card_from_its_config(tiny_base_folder):
+    [model] = load_models([tiny_base_folder])
+    assert model.name == tiny_base_folder.name
+    assert (model.card.llm, model.card.family, model.card.adaptor_init, model.card.test_cer) == (
+        "qwen3", "qwen3", "unknown", None
+    )  # fmt: skip
+    assert (model.card.marker_strategy, model.card.placeholder_id) == ("reuse", 151646)
+    assert "not measured" in model.card.to_markdown()
+
+
+def test_an_unreadable_folder_is_kept_with_its_error_and_names_stay_unique(tmp_path, tiny_base_folder):
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{not json")
+    models = load_models([tmp_path / "missing", tiny_base_folder, tmp_path / "broken", tiny_base_folder])
+    assert [m.loaded for m in models] == [False, True, False, True]
+    assert models[0].error and "missing" in models[0].error and models[0].model is None
+    assert models[2].error
+    assert [m.name for m in models] == ["missing", "tiny", "broken", "tiny (2)"]
