@@ -59,8 +59,6 @@ import dataclasses
 import gc
 import json
 import math
-import os
-import platform
 import tempfile
 import time
 from dataclasses import dataclass
@@ -69,7 +67,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import transformers
+from environment import device_info  # benchmarks/environment.py: the scripts run from this folder
 from torch import nn
 from transformers import FunAsrNanoConfig, FunAsrNanoEncoderConfig, FunAsrNanoForConditionalGeneration
 
@@ -525,20 +523,6 @@ def matmul_tflops(device: str) -> float | None:
         a @ b
     _sync(device)
     return round(20 * 2 * 8192**3 / (time.perf_counter() - start) / 1e12, 1)
-
-
-def device_info(device: str) -> dict:
-    info = {
-        "device": device,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-    }
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name()
-        info["gpu_memory_gb"] = round(torch.cuda.get_device_properties(0).total_memory / GB, 1)
-    return info
 
 
 def write_json(result: dict, path: Path) -> None:

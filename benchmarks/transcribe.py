@@ -20,14 +20,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import transformers
+from environment import device_info  # benchmarks/environment.py: the scripts run from this folder
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import (
     FunAsrNanoAdaptorConfig,
@@ -129,22 +127,6 @@ def generate_seconds(model, processor, clips, batch_size: int, max_new_tokens: i
             model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     sync(device)
     return time.perf_counter() - start
-
-
-def device_info(device: str) -> dict:
-    info = {
-        "device": device,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-    }
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name()
-    else:
-        info["cpu"] = platform.processor() or platform.machine()
-    return info
 
 
 ATTENTION = {
