@@ -67,7 +67,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import (
     DistributedType,
     FullyShardedDataParallelPlugin,
@@ -397,7 +397,8 @@ def _accelerator(on_cuda: bool) -> Accelerator:
                 f"with fsdp_version {plugin.fsdp_version}; the trainer supports FSDP2 (fsdp_version: 2) on GPUs, or "
                 "on CPU with several processes (gloo)"
             )
-        accelerator.state.distributed_type = DistributedType.FSDP
+        # both shared states: a later AcceleratorState() copies PartialState's over its own (as Accelerate does)
+        PartialState().distributed_type = accelerator.state.distributed_type = DistributedType.FSDP
         accelerator.state.fsdp_plugin = plugin
     return accelerator
 

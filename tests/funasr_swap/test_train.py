@@ -564,6 +564,7 @@ def test_ddp_two_processes_equal_one_with_the_same_global_batch(tmp_path, corpus
     ddp = _worker(*common, "--out", str(tmp_path / "ddp"), config="accelerate_ddp.yaml")
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert ddp.stdout.count("llm weight: Parameter (128, 64), local (128, 64)") == 2  # whole on both processes
+    assert ddp.stdout.count("distributed: MULTI_CPU") == 2
     run_worker([*common, "--out", str(tmp_path / "single"), "--grad-accum", "2"])  # one process, in this one
 
     state = json.loads((tmp_path / "ddp" / "checkpoint-3" / "trainer_state.json").read_text())
@@ -579,6 +580,7 @@ def test_fsdp_two_processes_shard_the_llm_and_equal_one_process(tmp_path, corpus
     assert fsdp.returncode == 0, fsdp.stderr[-3000:]
     # the frozen LLM's weights are split across the two processes (FSDP2's DTensor shards), not copied
     assert fsdp.stdout.count("llm weight: DTensor (128, 64), local (64, 64)") == 2, fsdp.stdout[-2000:]
+    assert fsdp.stdout.count("distributed: FSDP") == 2  # Accelerate's FSDP code paths ran (no_sync, clipping)
     run_worker([*common, "--out", str(tmp_path / "single"), "--grad-accum", "2"])
 
     # the checkpoint holds whole tensors, as one process writes them
@@ -598,9 +600,9 @@ def test_fsdp_two_processes_shard_the_llm_and_equal_one_process(tmp_path, corpus
 
 @pytest.mark.slow
 def test_fsdp_resume_after_sigkill_gives_the_uninterrupted_losses(tmp_path, corpus):
-    # the sharded encoder trains too, and its dropout draws from the RNG
-    common = ["--train", str(corpus["train"]), "--steps", "5", "--batch-size", "2", "--save-every", "2",
-              "--unfreeze-encoder"]  # fmt: skip
+    # the sharded encoder trains too, and its dropout draws from the RNG; two micro-batches a step (no_sync)
+    common = ["--train", str(corpus["train"]), "--steps", "5", "--batch-size", "2", "--grad-accum", "2",
+              "--save-every", "2", "--unfreeze-encoder"]  # fmt: skip
     killed = _worker(*common, "--out", str(tmp_path / "run"), "--kill-after", "3", config="accelerate_fsdp.yaml")
     assert killed.returncode != 0, killed.stderr[-2000:]
     assert latest_checkpoint(tmp_path / "run").name == "checkpoint-2"
@@ -608,6 +610,7 @@ def test_fsdp_resume_after_sigkill_gives_the_uninterrupted_losses(tmp_path, corp
 
     resumed = _worker(*common, "--out", str(tmp_path / "run"), "--resume", config="accelerate_fsdp.yaml")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.stdout.count("distributed: FSDP") == 2
     uninterrupted = _worker(*common, "--out", str(tmp_path / "reference"), config="accelerate_fsdp.yaml")
     assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
 
