@@ -680,3 +680,42 @@ def test_cli_train_then_eval(model_folder, corpus, tmp_path):
     lines = [json.loads(line) for line in scores.read_text().splitlines()]
     assert [line["ref"] for line in lines] == [json.loads(x)["text"] for x in corpus["valid"].read_text().splitlines()]
     assert {"audio", "language", "ref", "hyp"} == lines[0].keys()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The multi-GPU benchmark's code path, on CPU with tiny shapes (benchmarks/train_distributed.py)
+
+BENCHMARK = Path(__file__).parents[2] / "benchmarks" / "train_distributed.py"
+
+
+@pytest.mark.slow
+def test_distributed_benchmark_two_fsdp_processes_against_one(tmp_path):
+    common = ["--tiny", "--model", "Qwen3-1.7B", "--batch-size", "2", "--steps", "2", "--warmup", "1",
+              "--utterances", "16"]  # fmt: skip
+    one = subprocess.run(
+        [sys.executable, str(BENCHMARK), *common, "--grad-accum", "2", "--out", str(tmp_path / "one.json"),
+         "--save-adaptor", str(tmp_path / "one.safetensors")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "accelerate_fsdp.yaml"),
+         "--num_processes", "2", "--main_process_port", str(_free_port()), str(BENCHMARK), *common,
+         "--out", str(tmp_path / "two.json"), "--save-adaptor", str(tmp_path / "two.safetensors")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    result = json.loads((tmp_path / "two.json").read_text())
+    assert (result["distributed_type"], result["llm_sharded"], result["processes"]) == ("FSDP", True, 2)
+    assert result["global_batch"] == json.loads((tmp_path / "one.json").read_text())["global_batch"] == 4
+    assert len(result["peak_memory_gb_per_process"]) == 2 and result["samples_per_s"] > 0
+
+    from benchmarks.train_distributed import compare
+
+    summary = compare(tmp_path / "one.json", tmp_path / "two.json",
+                      adaptors=(tmp_path / "one.safetensors", tmp_path / "two.safetensors"))  # fmt: skip
+    # the same batches in the same steps: float32 summation order only; Adam (lr 1e-3, 3 steps, each moving a weight
+    # by up to lr) turns the rounding of near-zero gradients into update differences, hence the adaptor's 5e-4
+    assert summary["max_loss_difference"] < 1e-4
+    assert summary["max_adaptor_difference"] < 5e-4
+    assert summary["scaling_efficiency"] > 0
