@@ -5,7 +5,7 @@ this process's FSDP shard, and Accelerate's distributed type (`distributed: ...`
 
     python tests/funasr_swap/ddp_worker.py --train T.jsonl --out DIR --steps 6 --save-every 2 --kill-after 3
     accelerate launch --config_file configs/accelerate_ddp.yaml tests/funasr_swap/ddp_worker.py --train ... --steps 3
-    accelerate launch --config_file configs/accelerate_fsdp.yaml --num_processes 2 --mixed_precision no \
+    accelerate launch --config_file configs/accelerate_fsdp.yaml --num_processes 2 \
         tests/funasr_swap/ddp_worker.py --train T.jsonl --out DIR --steps 3
 """
 
