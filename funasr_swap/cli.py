@@ -528,8 +528,9 @@ def train_command(
     """Retrain the adaptor of a Fun-ASR-Nano model (after a swap); optionally the encoder, the LLM or LoRA on it.
 
     Writes OUTPUT/checkpoint-N/ (the last --keep-last), metrics.jsonl, training.png and OUTPUT/final/, a model
-    folder that `funasr-swap transcribe` and stock transformers load. On several GPUs (DDP):
-    `accelerate launch --multi_gpu $(which funasr-swap) train ...`.
+    folder that `funasr-swap transcribe` and stock transformers load. On several GPUs:
+    `accelerate launch --config_file configs/accelerate_ddp.yaml $(which funasr-swap) train ...` (DDP), or
+    configs/accelerate_fsdp.yaml (FSDP2: the frozen LLM sharded; no --valid, --lora or added marker rows yet).
 
     Examples:
 

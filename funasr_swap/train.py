@@ -34,9 +34,14 @@ utterances from one seeded stream of length-bucketed batches, rank r taking ever
 processes with `grad_accum=g` compute the step of one process with `grad_accum=N*g` (each micro-batch's loss is its
 mean over supervised tokens; the step averages the micro-batches). DDP keeps the whole model on every GPU: with the
 frozen LLM in bf16 that holds adaptor or LoRA training up to Qwen3-14B (28 GB) comfortably on 80 GB cards and
-Qwen3-32B (65 GB) tightly. Beyond that, and for `train_llm` on 8B+, the weights must be sharded:
-`configs/accelerate_fsdp.yaml` holds the FSDP settings, but this recipe evaluates and checkpoints on the main process
-with whole parameters, which FSDP's sharded ones are not; FSDP runs are not supported yet (see the file).
+Qwen3-32B (65 GB) tightly. Beyond that the weights must be sharded: FSDP2 through Accelerate
+(`configs/accelerate_fsdp.yaml`, `fsdp_version: 2`: one shard unit per encoder and decoder layer, the frozen LLM's
+parameters split across the processes, the adaptor trained with the same data order and step as DDP). Checkpoints
+then gather each trainable parameter and its optimizer moments whole (a collective on every process) and write the
+same files as a single-process run; a resume splits them again. Accelerate 1.15 turns FSDP on only on accelerators;
+torch's FSDP2 also runs on CPU over gloo, so there the trainer turns it on itself (`_accelerator`): that is how the
+FSDP path is tested without GPUs. Not yet under FSDP (refused at the start): evaluation (generation would need every
+process in step), LoRA and added marker rows (their merge works on whole weights).
 
 A checkpoint (`checkpoint-{step}/`, written atomically, the last `keep_last` kept) holds the trainable weights
 (safetensors), the optimizer and scheduler states, every process's RNG states (python, numpy, torch) and the data
@@ -64,10 +69,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 import soundfile as sf
 import torch
-from accelerate import Accelerator
-from accelerate.utils import gather_object, set_seed
+from accelerate import Accelerator, PartialState
+from accelerate.utils import (
+    DistributedType,
+    FullyShardedDataParallelPlugin,
+    gather_object,
+    parse_flag_from_env,
+    set_seed,
+)
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import FunAsrNanoForConditionalGeneration, FunAsrNanoProcessor, get_cosine_schedule_with_warmup
@@ -357,7 +369,88 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
 
 
 def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+    """The trainable parameters, whole (FSDP: gathered from every process's shard, so every process calls it)."""
+    return {name: _full(p.detach()).contiguous() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def _full_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's whole state dict under FSDP (every process calls it: each parameter is gathered), a tied
+    parameter once (under its first name, as `save_pretrained` keeps it)."""
+    state, seen = {}, set()
+    for name, value in model.state_dict(keep_vars=True).items():
+        if id(value) not in seen:
+            seen.add(id(value))
+            state[name] = _full(value.detach())
+    return state
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Several processes: DDP or FSDP2
+
+
+def _accelerator(on_cuda: bool) -> Accelerator:
+    """The run's Accelerator: bf16 autocast on CUDA, fp32 on CPU; DDP or FSDP as `accelerate launch` set it.
+
+    cpu=True without CUDA: processes started by torchrun or `accelerate launch --cpu` then form a gloo group instead
+    of running alone. Accelerate (1.15) turns FSDP on only on accelerators and on a CPU silently runs DDP instead;
+    torch's FSDP2 runs on CPU over gloo, so an FSDP2 launch on CPU gets it here, from the same plugin settings (the
+    FSDP_* variables `accelerate launch` exports)."""
+    accelerator = Accelerator(mixed_precision="bf16" if on_cuda else "no", cpu=not on_cuda)
+    if parse_flag_from_env("ACCELERATE_USE_FSDP") and accelerator.distributed_type != DistributedType.FSDP:
+        plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* environment
+        if accelerator.distributed_type != DistributedType.MULTI_CPU or plugin.fsdp_version != 2:
+            raise ValueError(
+                f"FSDP was asked for (ACCELERATE_USE_FSDP) but Accelerate set up {accelerator.distributed_type.value} "
+                f"with fsdp_version {plugin.fsdp_version}; the trainer supports FSDP2 (fsdp_version: 2) on GPUs, or "
+                "on CPU with several processes (gloo)"
+            )
+        # both shared states: a later AcceleratorState() copies PartialState's over its own (as Accelerate does)
+        PartialState().distributed_type = accelerator.state.distributed_type = DistributedType.FSDP
+        accelerator.state.fsdp_plugin = plugin
+    return accelerator
+
+
+def _check_fsdp_config(config: TrainConfig, valid_data: Sequence[Utterance] | None) -> None:
+    """Refuse, before any work, what the trainer does not support under FSDP (module docstring)."""
+    unsupported = {
+        "a validation set (evaluation generates on the main process only)": bool(valid_data),
+        "lora (the merge works on whole weights)": config.lora is not None,
+        "trainable_token_ids (the merge works on whole weights)": bool(config.trainable_token_ids),
+    }
+    refused = [what for what, present in unsupported.items() if present]
+    if refused:
+        raise ValueError(f"FSDP training does not support {'; '.join(refused)} yet; use DDP (accelerate launch "
+                         "--multi_gpu) for these")  # fmt: skip
+
+
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    """A whole tensor from an FSDP2 shard (a DTensor: all-gathered, a collective); any other tensor as it is."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def _shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`full` split as `like` is (its DTensor mesh and placements: this process's shard); as it is otherwise."""
+    if isinstance(like, DTensor):
+        return distribute_tensor(full.to(like.device, like.dtype), like.device_mesh, like.placements)
+    return full
+
+
+def _optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
+    """`optimizer.state_dict()` with whole moments (FSDP: gathered), as a single-process run writes it."""
+    state = optimizer.state_dict()
+    state["state"] = {i: {k: _full(v) for k, v in s.items()} for i, s in state["state"].items()}
+    return state
+
+
+def _load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load what `_optimizer_state` wrote: moments of a sharded parameter split as the parameter is."""
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]  # the state's indices
+    for index, values in state["state"].items():
+        parameter = parameters[int(index)]
+        for key, value in values.items():
+            if value.shape == parameter.shape:  # the moments; `step` is a scalar
+                values[key] = _shard_like(value, parameter)
+    optimizer.load_state_dict(state)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -533,11 +626,18 @@ def save_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     rng_states: list[dict],
     state: dict,
+    *,
+    write: bool = True,
 ) -> None:
-    """Write one checkpoint folder atomically (a killed save leaves no partial `checkpoint-*`)."""
+    """Write one checkpoint folder atomically (a killed save leaves no partial `checkpoint-*`). Under FSDP every
+    process calls it (the shards are gathered whole) and only the one with `write=True` writes: the files are the
+    same as a single-process run's."""
+    weights, optimizer_state = _trainable_state(model), _optimizer_state(optimizer)
+    if not write:
+        return
     with atomic_folder(folder) as tmp:
-        save_file(_trainable_state(model), tmp / WEIGHTS_FILE)
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / OPTIMIZER_FILE)
+        save_file(weights, tmp / WEIGHTS_FILE)
+        torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict()}, tmp / OPTIMIZER_FILE)
         torch.save(rng_states, tmp / RNG_FILE)
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
 
@@ -570,9 +670,9 @@ def load_checkpoint(
         )
     with torch.no_grad():
         for name, tensor in weights.items():
-            trainable[name].copy_(tensor)
+            trainable[name].copy_(_shard_like(tensor, trainable[name]))  # FSDP: this process's shard
     states = torch.load(folder / OPTIMIZER_FILE, weights_only=True)
-    optimizer.load_state_dict(states["optimizer"])
+    _load_optimizer_state(optimizer, states["optimizer"])
     scheduler.load_state_dict(states["scheduler"])
     _set_rng_state(torch.load(folder / RNG_FILE, weights_only=True)[rank])
     return state
@@ -658,8 +758,10 @@ def train(
         raise ValueError("train: no training utterances")
     _check_audio_lengths(model, processor, [*train_data, *(valid_data or ())])
     on_cuda = torch.cuda.is_available()
-    # cpu=True without CUDA: processes started by torchrun then form a gloo group instead of running alone
-    accelerator = Accelerator(mixed_precision="bf16" if on_cuda else "no", cpu=not on_cuda)
+    accelerator = _accelerator(on_cuda)
+    fsdp = accelerator.distributed_type == DistributedType.FSDP
+    if fsdp:
+        _check_fsdp_config(config, valid_data)
     main = accelerator.is_main_process
     out = config.output_dir
     log_path = out / METRICS_FILE
@@ -671,8 +773,8 @@ def train(
     for parameter in model.parameters():  # fp32 master weights for what trains; frozen weights keep their dtype
         if parameter.requires_grad and parameter.dtype != torch.float32:
             parameter.data = parameter.data.float()
-    loss_module = accelerator.prepare(_LossModule(model, loss_fn))  # device placement, DDP, autocast
-    optimizer = _optimizer(model, config)
+    # device placement, DDP or FSDP2 (which needs the optimizer with the model: it swaps in sharded parameters)
+    loss_module, optimizer = accelerator.prepare(_LossModule(model, loss_fn), _optimizer(model, config))
     scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
     plan = BatchPlan([_duration(u) for u in train_data], config.batch_size, config.seed)
     micro_batches = config.grad_accum * accelerator.num_processes  # per optimizer step, all processes together
@@ -780,7 +882,7 @@ def train(
         position = plan.advance(position, micro_batches)
 
         mean_loss = accelerator.reduce(torch.stack(losses).mean(), "mean")
-        norm = torch.as_tensor(grad_norm, device=mean_loss.device).float()
+        norm = _full(torch.as_tensor(grad_norm, device=mean_loss.device)).float()  # FSDP: a replicated DTensor
         pending.append({"step": step, "loss": mean_loss.float(), "lr": lr, "grad_norm": norm})
         bar.update(1)
         last = step == config.max_steps
@@ -792,15 +894,18 @@ def train(
             run_evaluation()
         if saving:
             rng_states = gather_object([_rng_state()])  # every process's, in rank order
+            state = {
+                "step": step,
+                "epoch": position[0],
+                "batch_index": position[1],
+                "world_size": accelerator.num_processes,
+                "config": config.to_dict(),
+            }
+            # every process: under FSDP the shards are gathered (collectives); only the main process writes
+            save_checkpoint(
+                out / f"{CHECKPOINT_PREFIX}{step}", model, optimizer, scheduler, rng_states, state, write=main
+            )
             if main:
-                state = {
-                    "step": step,
-                    "epoch": position[0],
-                    "batch_index": position[1],
-                    "world_size": accelerator.num_processes,
-                    "config": config.to_dict(),
-                }
-                save_checkpoint(out / f"{CHECKPOINT_PREFIX}{step}", model, optimizer, scheduler, rng_states, state)
                 _keep_last(out, config.keep_last)
             accelerator.wait_for_everyone()
         if on_step is not None:
@@ -814,9 +919,11 @@ def train(
     merge_adapters()
     final = out / FINAL_DIR
     history = read_history(log_path) if main else []
+    # FSDP: the whole weights, gathered by every process (None elsewhere: the model's own parameters)
+    weights = _full_state(model) if fsdp else None
     if main:
         with atomic_folder(final) as tmp:
-            model.save_pretrained(tmp)
+            model.save_pretrained(tmp, state_dict=weights)
             processor.save_pretrained(tmp)
         plot_history(history, out / PLOT_FILE)
     accelerator.wait_for_everyone()

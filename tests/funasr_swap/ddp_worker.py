@@ -1,8 +1,12 @@
 """One training run of the tiny base, for test_train.py's runs in other processes: a SIGKILL mid-run then a resume,
-and two DDP processes (gloo on CPU) against one. The model is `tiny_base(seed=0)` every time, so runs compare.
+and two DDP or FSDP2 processes (gloo on CPU) against one. The model is `tiny_base(seed=0)` every time, so runs
+compare. After training it prints how the LLM's first decoder layer's weight is held (`llm weight: ...`): whole, or
+this process's FSDP shard, and Accelerate's distributed type (`distributed: ...`).
 
     python tests/funasr_swap/ddp_worker.py --train T.jsonl --out DIR --steps 6 --save-every 2 --kill-after 3
-    torchrun --nproc_per_node 2 tests/funasr_swap/ddp_worker.py --train T.jsonl --out DIR --steps 3
+    accelerate launch --config_file configs/accelerate_ddp.yaml tests/funasr_swap/ddp_worker.py --train ... --steps 3
+    accelerate launch --config_file configs/accelerate_fsdp.yaml --num_processes 2 \
+        tests/funasr_swap/ddp_worker.py --train T.jsonl --out DIR --steps 3
 """
 
 from __future__ import annotations
@@ -11,6 +15,9 @@ import argparse
 import os
 import signal
 from pathlib import Path
+
+from accelerate.state import AcceleratorState
+from torch.distributed.tensor import DTensor
 
 from funasr_swap.base import tiny_base
 from funasr_swap.data import load_manifest
@@ -43,7 +50,12 @@ def run(argv: list[str] | None = None) -> TrainResult:
             os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no flush: as a crash or an OOM kill
 
     utterances = load_manifest(args.train).utterances
-    return train(model, processor, utterances, None, config, resume=args.resume, on_step=kill)
+    result = train(model, processor, utterances, None, config, resume=args.resume, on_step=kill)
+    weight = model.model.language_model.layers[0].mlp.up_proj.weight
+    local = weight.to_local() if isinstance(weight, DTensor) else weight
+    print(f"llm weight: {type(weight).__name__} {tuple(weight.shape)}, local {tuple(local.shape)}", flush=True)
+    print(f"distributed: {AcceleratorState().distributed_type.value}", flush=True)  # as Accelerate sees the run
+    return result
 
 
 if __name__ == "__main__":
