@@ -634,7 +634,10 @@ def eval_command(
 @app.command()
 @one_line_errors
 def quickstart(
-    output: Path = typer.Option(Path("runs/quickstart"), "-o", "--output", help="folder for everything it builds"),
+    output: Path = typer.Option(
+        ..., "-o", "--output", default_factory=LibraryDefault("funasr_swap.miniature.quickstart:DEFAULT_OUTPUT"),
+        help="folder for everything it builds",
+    ),
     families: str = typer.Option(
         "llama3,gemma2,deepseek-v2",
         help="comma-separated target families (qwen3, llama3, gemma2, deepseek-v2) or their LLMs (Llama-3.2-1B, ...);"
@@ -670,7 +673,7 @@ def quickstart(
 @one_line_errors
 def demo(
     quickstart: Path = typer.Option(
-        default_factory=LibraryDefault("funasr_swap.miniature.quickstart:read_index.output"),
+        default_factory=LibraryDefault("funasr_swap.miniature.quickstart:DEFAULT_OUTPUT"),
         help="a quickstart's folder: the demo compares every model it built (models.json) on its held-out test clips",
     ),
     model: list[Path] | None = typer.Option(

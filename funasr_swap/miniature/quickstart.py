@@ -29,10 +29,11 @@ from funasr_swap.miniature.runs import RESULT_FILE, RunResult, in_worker, load_c
 from tokenmap.io import atomic_write_lines
 
 __all__ = [
-    "INDEX_FILE", "MODEL_DIR", "NAMED_WORLDS", "ModelEntry", "World", "WorldFolders", "held_out_manifest",
-    "open_world", "read_index", "run_quickstart", "world_folders",
+    "DEFAULT_OUTPUT", "INDEX_FILE", "MODEL_DIR", "NAMED_WORLDS", "ModelEntry", "World", "WorldFolders",
+    "held_out_manifest", "open_world", "read_index", "run_quickstart", "world_folders",
 ]  # fmt: skip
 
+DEFAULT_OUTPUT = "runs/quickstart"  # where the quickstart builds its world unless told otherwise (its CLI's -o)
 INDEX_FILE = "models.json"
 MODEL_DIR = "final"  # the model folder inside a run folder (funasr_swap.train's final save)
 
@@ -97,7 +98,7 @@ class ModelEntry:
     test_wer: float
 
 
-def read_index(output: str | os.PathLike = "runs/quickstart") -> list[ModelEntry]:
+def read_index(output: str | os.PathLike = DEFAULT_OUTPUT) -> list[ModelEntry]:
     """The models a finished quickstart in `output` built (its `models.json`), base first; each entry's `folder`
     is relative to `output`. FileNotFoundError saying how to build them when there is no index."""
     path = Path(output) / INDEX_FILE
@@ -106,7 +107,7 @@ def read_index(output: str | os.PathLike = "runs/quickstart") -> list[ModelEntry
     return [ModelEntry(**entry) for entry in json.loads(path.read_text())]
 
 
-def held_out_manifest(output: str | os.PathLike = "runs/quickstart") -> Path:
+def held_out_manifest(output: str | os.PathLike = DEFAULT_OUTPUT) -> Path:
     """The manifest of the held-out test clips the quickstart in `output` scored its models on (its corpus folder's
     `test.jsonl`). FileNotFoundError when there is none; ValueError naming them when `output` holds the corpora of
     several settings (a `--quick` and a full run in one folder), which only the caller can choose between."""
@@ -190,7 +191,7 @@ def _write_index(output: Path, runs: list[tuple[RunResult, Path]]) -> Path:
 
 
 def run_quickstart(
-    output: str | os.PathLike = "runs/quickstart",
+    output: str | os.PathLike = DEFAULT_OUTPUT,
     families: Sequence[str] = DEFAULT_FAMILIES,
     config: MiniatureConfig = MiniatureConfig(),
     *,
