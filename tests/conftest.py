@@ -55,14 +55,14 @@ def tiny_llama_folder(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def quick_world(tmp_path_factory):
-    """A `funasr-swap quickstart --quick` world (every family; about a minute on 2 cores) built once per session;
-    its folder. Tests read it, never write into it."""
+    """A `funasr-swap quickstart --quick` world with a swap into every family's target (Qwen3 too; about a minute
+    on 2 cores) built once per session; its folder. Tests read it, never write into it."""
     import shutil
 
-    from funasr_swap.miniature import QUICK, run_quickstart
+    from funasr_swap.miniature import FAMILY_LLMS, QUICK, run_quickstart
 
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed")
     output = tmp_path_factory.mktemp("quick-world")
-    run_quickstart(output, config=QUICK, log=lambda line: None)
+    run_quickstart(output, list(FAMILY_LLMS), config=QUICK, log=lambda line: None)
     return output

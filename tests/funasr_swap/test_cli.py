@@ -26,7 +26,7 @@ from funasr_swap.train import STATE_FILE, LoraSettings, TrainConfig, evaluate
 from funasr_swap.transcribe import DEFAULT_MAX_AUDIO_SECONDS, transcribe
 
 RATE = 16000
-COMMANDS = ("convert", "transcribe", "plan", "swap", "synth", "train", "eval", "demo")
+COMMANDS = ("convert", "transcribe", "plan", "swap", "synth", "train", "eval", "demo", "export", "fetch-converter")
 
 
 def invoke(*args: str | Path, env: dict[str, str | None] | None = None):
@@ -380,3 +380,53 @@ def test_demo_serves_the_quickstarts_models_and_test_clips_with_its_options(tmp_
     result = invoke("demo", "--model", tmp_path / "a", "--model", tmp_path / "b", "--max-file-size", "1mb")
     assert result.exit_code == 0, result.output
     assert served.pop() == ([tmp_path / "a", tmp_path / "b"], None, DemoConfig(max_file_size="1mb"))  # no examples
+
+
+@pytest.fixture(scope="module")
+def exported(base, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("export") / "edge"
+    result = invoke("export", base, "-o", folder, "--outtype", "f32")
+    assert result.exit_code == 0, result.output
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith(f"wrote {folder}: ") and "(qwen3, f32), audio tower + adaptor max error" in last
+    return folder
+
+
+@pytest.mark.slow
+def test_export_then_transcribe_edge_prints_what_the_model_prints(base, exported, manifest):
+    assert sorted(p.name for p in exported.iterdir()) == ["audio.onnx", "edge.json", "llm.gguf"]
+    clips = sorted(manifest.parent.glob("*.wav"))
+    args = (*clips, "--max-new-tokens", "6", "--language", "en", "--hotword", "tone")
+    on_edge, on_torch = invoke("transcribe", "--edge", exported, *args), invoke("transcribe", "--model", base, *args)
+    assert on_edge.exit_code == 0 and on_torch.exit_code == 0, on_edge.output + on_torch.output
+    assert on_edge.stdout == on_torch.stdout
+
+
+@pytest.mark.slow
+def test_export_bad_inputs_are_one_line_and_write_nothing(base, exported, tmp_path, monkeypatch):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_error(invoke("export", empty, "-o", tmp_path / "out"), f"{empty} is not a Fun-ASR-Nano checkpoint")
+    assert_error(invoke("export", base, "-o", exported), "exists; pass --overwrite")
+    assert_error(invoke("export", base, "-o", base / "edge"), "lies inside MODEL")
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    assert_error(invoke("export", base, "-o", blocked / "edge"), "is a file")
+
+    def converter_fails(*args, **kwargs):
+        raise ValueError("llama.cpp's converter failed on the qwen3 LLM: KeyError: 'x'")
+
+    monkeypatch.setattr("funasr_swap.export.write_gguf", converter_fails)
+    assert_error(invoke("export", base, "-o", tmp_path / "half"), "converter failed on the qwen3 LLM", alone=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "empty"]  # nothing half-written beside it
+    monkeypatch.setattr("funasr_swap.export.GGUF_FAMILIES", {})
+    assert_error(invoke("export", base, "-o", tmp_path / "x"), "its LLM's family 'qwen3' has no GGUF conversion",
+                 alone=False)  # fmt: skip
+
+
+def test_transcribe_takes_a_model_or_an_export(base, manifest, tmp_path):
+    clip = next(manifest.parent.glob("*.wav"))
+    assert_error(invoke("transcribe", clip), "give the model as --model DIR or an export as --edge DIR")
+    assert_error(invoke("transcribe", clip, "--model", base, "--edge", tmp_path), "(one of the two)")
+    assert_error(invoke("transcribe", clip, "--edge", tmp_path, "--beams", "2"), "--edge decodes greedily")
+    assert_error(invoke("transcribe", clip, "--edge", tmp_path), f"{tmp_path} is not an edge export: no edge.json")

@@ -1,0 +1,256 @@
+"""Transcribe with an exported folder (`funasr-swap export`): numpy features, onnxruntime for the audio tower and
+adaptor, llama.cpp (through llama-cpp-python's low-level API) for the LLM; torch is never imported.
+
+One clip at a time, greedy: the prompt's ids before the audio go in as tokens, the adaptor's rows as embeddings
+(`llama_batch.embd`), the ids after the audio as tokens, then the argmax token is fed back until the first stop id,
+as `funasr_swap.transcribe.transcribe` decodes with `num_beams=1`. Text positions go in as token ids, so the runtime
+needs no embedding table; the rows are divided by the LLM's embedding scale first, because llama.cpp multiplies
+injected rows by it as it does token rows (Gemma-2: sqrt(hidden_size)) and transformers does not.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from funasr_swap.asr_io import DEFAULT_MAX_AUDIO_SECONDS, DEFAULT_MAX_NEW_TOKENS, AudioSource, Transcript, load_sources
+from funasr_swap.edge.config import EdgeConfig, TaskPrompt, read_edge_config
+from funasr_swap.edge.features import fbank, lfr_stack
+
+__all__ = ["DEFAULT_CONTEXT", "EdgeModel", "transcribe"]
+
+DEFAULT_CONTEXT = 2048  # tokens of prompt + audio rows + answer: 60 s of audio is 1,000 rows
+
+
+def _import_runtime():
+    try:
+        import llama_cpp
+        import onnxruntime
+    except ImportError as error:
+        raise ImportError(
+            f"the edge runtime needs onnxruntime and llama-cpp-python ({error}); install them with "
+            "`pip install 'funasr-swap[edge]'` (scripts/setup.sh does)"
+        ) from error
+    return llama_cpp, onnxruntime
+
+
+def _quiet_llama_logs(llama_cpp) -> None:
+    """llama.cpp logs every load to stderr; keep errors only (once per process, the callback kept alive)."""
+    global _LOG_CALLBACK
+    if _LOG_CALLBACK is None:
+
+        @llama_cpp.llama_log_callback
+        def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+            if level == _GGML_LOG_LEVEL_ERROR:
+                os.write(2, text)
+
+        _LOG_CALLBACK = callback
+        llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+
+
+_LOG_CALLBACK = None
+_GGML_LOG_LEVEL_ERROR = 4  # ggml.h's enum ggml_log_level, which llama-cpp-python does not export
+
+
+class EdgeModel:
+    """An exported folder, loaded: `config` (edge.json), the ONNX audio session and the llama.cpp model + context.
+
+    Args:
+        folder: what `funasr-swap export` wrote.
+        threads: CPU threads for onnxruntime and llama.cpp (None: half the logical cores, about the physical ones;
+            llama.cpp's threads spin while they wait, so more threads than free cores is far slower, not faster).
+        context: llama.cpp's context in tokens: prompt + audio rows (one per 60 ms) + answer must fit.
+
+    Use it as a context manager, or call `close()`, to free llama.cpp's memory at once.
+    """
+
+    def __init__(self, folder: str | Path, threads: int | None = None, context: int = DEFAULT_CONTEXT):
+        llama_cpp, onnxruntime = _import_runtime()
+        self.folder = Path(folder)
+        self.config: EdgeConfig = read_edge_config(self.folder)
+        for name in (self.config.audio_model, self.config.llm):
+            if not (self.folder / name).is_file():
+                raise FileNotFoundError(f"{self.folder / name} is missing: export the model again")
+        threads = threads or max(1, (os.cpu_count() or 2) // 2)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3  # errors only
+        self._audio = onnxruntime.InferenceSession(
+            str(self.folder / self.config.audio_model), options, providers=["CPUExecutionProvider"]
+        )
+        self._llama = llama_cpp
+        _quiet_llama_logs(llama_cpp)
+        llama_cpp.llama_backend_init()
+        self._model = llama_cpp.llama_model_load_from_file(
+            str(self.folder / self.config.llm).encode(), llama_cpp.llama_model_default_params()
+        )
+        if not self._model:
+            raise ValueError(f"{self.folder / self.config.llm}: llama.cpp could not load it (see the error above)")
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = params.n_batch = context
+        params.n_threads = params.n_threads_batch = threads
+        params.no_perf = True
+        self._ctx = llama_cpp.llama_init_from_model(self._model, params)
+        if not self._ctx:
+            llama_cpp.llama_model_free(self._model)
+            raise MemoryError(f"llama.cpp could not make a context of {context} tokens for {self.folder}")
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        self.context = context
+        width = llama_cpp.llama_model_n_embd(self._model)
+        if width != self.config.hidden_size:
+            raise ValueError(f"{self.folder}: llm.gguf is {width} wide, edge.json says {self.config.hidden_size}")
+        self._tokens = llama_cpp.llama_batch_init(context, 0, 1)
+        self._rows = llama_cpp.llama_batch_init(context, width, 1)
+
+    def close(self) -> None:
+        """Free llama.cpp's context, batches and model (the object is unusable after)."""
+        if getattr(self, "_ctx", None):
+            self._llama.llama_batch_free(self._tokens)
+            self._llama.llama_batch_free(self._rows)
+            self._llama.llama_free(self._ctx)
+            self._llama.llama_model_free(self._model)
+            self._ctx = None
+
+    def __enter__(self) -> EdgeModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+    def audio_rows(self, waveform: np.ndarray) -> np.ndarray:
+        """The adaptor's rows `(lfr_frames, hidden_size)` float32 of a mono waveform at the features' rate."""
+        settings = self.config.features
+        features = lfr_stack(fbank(waveform, settings), settings.lfr_m, settings.lfr_n)[None]
+        mask = np.ones(features.shape[:2], np.int32)
+        (rows,) = self._audio.run(None, {"input_features": features, "input_features_mask": mask})
+        return rows[0]
+
+    def tokenize(self, text: str) -> list[int]:
+        """`text` as the GGUF's tokenizer reads it, special tokens parsed, no BOS added (prompt pieces)."""
+        data = text.encode()
+        ids = (self._llama.llama_token * (len(data) + 8))()
+        count = self._llama.llama_tokenize(self._vocab, data, len(data), ids, len(ids), False, True)
+        if count < 0:
+            raise ValueError(f"could not tokenize {text[:40]!r}")
+        return list(ids[:count])
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """The text of `ids`, special tokens left out (as `skip_special_tokens=True`)."""
+        array = (self._llama.llama_token * max(1, len(ids)))(*ids)
+        size = 64 + 32 * len(ids)
+        buffer = ctypes.create_string_buffer(size)
+        count = self._llama.llama_detokenize(self._vocab, array, len(ids), buffer, size, False, False)
+        return buffer.raw[: max(count, 0)].decode("utf-8", errors="replace")
+
+    def _decode(self, batch, count: int, start: int, logits: bool) -> None:
+        batch.n_tokens = count
+        for i in range(count):
+            batch.pos[i] = start + i
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = 0
+            batch.logits[i] = logits and i == count - 1
+        if self._llama.llama_decode(self._ctx, batch) != 0:
+            raise RuntimeError(f"llama_decode failed at position {start} ({count} inputs)")
+
+    def _decode_ids(self, ids: Sequence[int], start: int, logits: bool) -> None:
+        for i, token in enumerate(ids):
+            self._tokens.token[i] = token
+        self._decode(self._tokens, len(ids), start, logits)
+
+    def prefill(self, before: Sequence[int], rows: np.ndarray, after: Sequence[int], room: int = 0) -> np.ndarray:
+        """Put prompt `before` + audio `rows` + `after` into a cleared context (with `room` positions left for the
+        answer); a copy of the logits `(vocab,)` at its last position."""
+        needed = len(before) + len(rows) + len(after) + room
+        if needed > self.context:
+            raise ValueError(
+                f"prompt, {len(rows)} audio rows and {room} answer tokens need {needed} positions; the context holds "
+                f"{self.context} (EdgeModel(context=...))"
+            )
+        self._llama.llama_memory_clear(self._llama.llama_get_memory(self._ctx), True)
+        scaled = np.ascontiguousarray(rows / np.float32(self.config.audio_embedding_scale), dtype=np.float32)
+        ctypes.memmove(self._rows.embd, scaled.ctypes.data, scaled.nbytes)
+        self._decode_ids(before, 0, False)
+        self._decode(self._rows, len(scaled), len(before), False)
+        self._decode_ids(after, len(before) + len(scaled), True)
+        return self._logits().copy()
+
+    def _logits(self) -> np.ndarray:
+        """A view of llama.cpp's logits buffer: valid until the next decode or `close()`."""
+        return np.ctypeslib.as_array(self._llama.llama_get_logits_ith(self._ctx, -1), shape=(self._n_vocab,))
+
+    def generate(self, before: Sequence[int], rows: np.ndarray, after: Sequence[int], max_new_tokens: int) -> list[int]:
+        """Greedy answer ids (the stop id not included) to prompt `before` + audio `rows` + `after`."""
+        logits = self.prefill(before, rows, after, room=max_new_tokens)
+        position = len(before) + len(rows) + len(after)
+        stops, answer = set(self.config.stop_ids), []
+        for _ in range(max_new_tokens):
+            token = int(np.argmax(logits))
+            if token in stops:
+                break
+            answer.append(token)
+            self._decode_ids([token], position, True)
+            position += 1
+            logits = self._logits()
+        return answer
+
+    def prompt(self, language: str | None, hotwords: Sequence[str], itn: bool) -> tuple[list[int], list[int]]:
+        """The ids before and after the audio for a task, as `funasr_swap.transcribe.prompt_ids` builds them."""
+        from tokenmap.prompt import spelled_control_token
+
+        for field, texts in (("hotword", hotwords), ("language", [language] if language else [])):
+            for text in texts:
+                if (token := spelled_control_token(text, self.config.control_tokens)) is not None:
+                    raise ValueError(f"{field} {text!r} contains the special token {token!r}; remove it")
+        task: TaskPrompt = self.config.prompt(language, itn)
+        if not hotwords:
+            return task.before, task.after
+        slot = task.hotwords
+        return self.tokenize(slot.prefix + slot.separator.join(hotwords) + slot.suffix), task.after
+
+
+def transcribe(
+    model: EdgeModel | str | Path,
+    audios: Sequence[AudioSource],
+    language: str | None = None,
+    hotwords: Sequence[str] | None = None,
+    itn: bool = True,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    max_audio_seconds: float = DEFAULT_MAX_AUDIO_SECONDS,
+    progress: bool | None = None,
+) -> list[Transcript]:
+    """Transcribe `audios` with an exported model: `funasr_swap.transcribe.transcribe`'s inputs (less the processor,
+    batching and beams: one clip at a time, greedy) and outputs, one `Transcript` per input in input order.
+
+    Args:
+        model: an `EdgeModel`, or the folder `funasr-swap export` wrote (loaded for this call).
+        audios, language, hotwords, itn, max_new_tokens, max_audio_seconds, progress: as `transcribe`'s.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if not isinstance(model, EdgeModel):
+        with EdgeModel(model) as loaded:
+            return transcribe(loaded, audios, language, hotwords, itn, max_new_tokens, max_audio_seconds, progress)
+    from tqdm.auto import tqdm
+
+    settings = model.config.features
+    rate = settings.sampling_rate
+    before, after = model.prompt(language, hotwords or (), itn)
+    waveforms = load_sources(
+        audios, rate, settings.frame_samples[0], max_audio_seconds, model.config.max_audio_seconds
+    )  # fmt: skip
+    results = []
+    for waveform in tqdm(waveforms, unit="audio", disable=not (progress if progress is not None else len(audios) > 1)):
+        began = time.perf_counter()
+        answer = model.generate(before, model.audio_rows(waveform), after, max_new_tokens)
+        text = model.detokenize(answer).strip()
+        results.append(Transcript(text, len(waveform) / rate, time.perf_counter() - began, len(answer)))
+    return results

@@ -1,0 +1,206 @@
+"""Export a Fun-ASR-Nano model (base or swapped) for the edge runtime: a folder that transcribes without torch.
+
+    audio.onnx  audio tower + adaptor, (batch, frames, 560) LFR features + mask -> (batch, frames, hidden) rows
+    llm.gguf    the LLM (LoRA already merged by the trainer), through llama.cpp's own converter (`funasr_swap.gguf`)
+    edge.json   prompts as token ids per task, stop ids, feature settings, the embedding scale to undo, model card
+
+This is the layout of FunASR's own llama.cpp runtime for Nano (a stock GGUF LLM, the encoder + adaptor apart, the
+adaptor's rows injected as embeddings), without its two Qwen3-0.6B assumptions (width 1024, Qwen's prompt): the
+width and the prompt come from the model. `funasr_swap.edge` runs the folder.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import nn
+
+from funasr_swap.edge.config import EdgeConfig, HotwordPrompt, TaskPrompt
+from funasr_swap.edge.features import FeatureSettings
+from funasr_swap.gguf import GGUF_FAMILIES, LLAMA_CPP_PYTHON_VERSION, OutType, gguf_family, write_gguf
+from tokenmap.io import atomic_folder, check_writable
+from tokenmap.prompt import LANGUAGE_NAMES, control_tokens
+
+if TYPE_CHECKING:
+    from transformers import FunAsrNanoForConditionalGeneration, FunAsrNanoProcessor
+
+__all__ = ["AUDIO_ONNX", "LLM_GGUF", "AudioEmbedder", "edge_config", "export_edge", "export_onnx"]
+
+AUDIO_ONNX = "audio.onnx"
+LLM_GGUF = "llm.gguf"
+_HOTWORD_SLOTS = ("\u2983A\u2984", "\u2983B\u2984")  # two stand-in hotwords no template writes: ⦃A⦄, ⦃B⦄
+
+
+class AudioEmbedder(nn.Module):
+    """The model's audio tower and adaptor as one module: LFR features `(batch, frames, 560)` and their mask
+    `(batch, frames)` -> one LLM input row per frame `(batch, frames, hidden_size)` (padded frames' rows are junk)."""
+
+    def __init__(self, model: FunAsrNanoForConditionalGeneration):
+        super().__init__()
+        self.audio_tower = model.model.audio_tower
+        self.projector = model.model.multi_modal_projector
+
+    def forward(self, input_features: torch.Tensor, input_features_mask: torch.Tensor) -> torch.Tensor:
+        encoded = self.audio_tower(input_features=input_features, input_features_mask=input_features_mask)
+        return self.projector(encoded.last_hidden_state, input_features_mask)
+
+
+@contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def export_onnx(model: FunAsrNanoForConditionalGeneration, processor: FunAsrNanoProcessor, path: Path) -> float:
+    """Write `AudioEmbedder(model)` to `path` (torch's dynamo exporter, dynamic batch and frame axes) and return the
+    largest absolute difference between onnxruntime's and PyTorch's rows on two clips of different length."""
+    import onnxruntime
+
+    from funasr_swap.features import batch_features
+
+    rng = np.random.default_rng(0)
+    rate = processor.feature_extractor.sampling_rate
+    clips = [rng.normal(0, 0.1, int(seconds * rate)).astype(np.float32) for seconds in (2.3, 1.1)]
+    inputs = batch_features(processor.feature_extractor, clips)
+    args = (inputs["input_features"], inputs["input_features_mask"])
+    module = AudioEmbedder(model).eval()
+    batch, frames = torch.export.Dim("batch"), torch.export.Dim("frames")
+    shapes = {"input_features": {0: batch, 1: frames}, "input_features_mask": {0: batch, 1: frames}}
+    with torch.inference_mode():
+        expected = module(*args)
+    # the exporter's notes (torchvision absent, axis renames, deprecations) say nothing about this model
+    with warnings.catch_warnings(), _quiet_logger("torch.onnx"):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module, args, dynamic_shapes=shapes, input_names=list(shapes), output_names=["audio_embeds"],
+            dynamo=True, verbose=False,
+        )  # fmt: skip
+    program.save(str(path))
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"input_features": args[0].numpy(), "input_features_mask": args[1].numpy()})
+    valid = args[1].bool().numpy()
+    return float(np.abs(got[valid] - expected.numpy()[valid]).max())
+
+
+def _hotword_prompt(processor: FunAsrNanoProcessor, language: str | None, itn: bool) -> HotwordPrompt:
+    """The prompt text before the audio around the hotwords, found by rendering two stand-in hotwords."""
+    from tokenmap.prompt import AsrTask
+
+    content = AsrTask(language=language, itn=itn, hotwords=_HOTWORD_SLOTS).user_content()
+    text = processor.tokenizer.apply_chat_template(
+        [{"role": "user", "content": content}], chat_template=processor.chat_template, tokenize=False,
+        add_generation_prompt=True,
+    )  # fmt: skip
+    first, second = _HOTWORD_SLOTS
+    before_audio = text[: text.index(processor.audio_token)]
+    prefix, rest = before_audio.split(first)
+    separator, suffix = rest.split(second)
+    return HotwordPrompt(prefix, separator, suffix)
+
+
+def edge_config(
+    model: FunAsrNanoForConditionalGeneration, processor: FunAsrNanoProcessor, outtype: OutType, model_card: dict
+) -> EdgeConfig:
+    """What `edge.json` holds for this model (`funasr_swap.edge.config`)."""
+    from funasr_swap.transcribe import max_encoder_seconds, prompt_ids, stop_ids
+
+    fe = processor.feature_extractor
+    languages = [None, *dict.fromkeys(LANGUAGE_NAMES.values())]
+    prompts = [
+        TaskPrompt(language, itn, *prompt_ids(processor, language, (), itn), _hotword_prompt(processor, language, itn))
+        for language in languages
+        for itn in (True, False)
+    ]
+    embeddings = model.get_input_embeddings()
+    return EdgeConfig(
+        audio_model=AUDIO_ONNX,
+        llm=LLM_GGUF,
+        outtype=outtype,
+        hidden_size=model.config.text_config.hidden_size,
+        audio_embedding_scale=float(getattr(embeddings, "embed_scale", 1.0)),
+        stop_ids=sorted(stop_ids(model, processor)),
+        max_audio_seconds=max_encoder_seconds(model, processor),
+        languages=dict(LANGUAGE_NAMES),
+        control_tokens=control_tokens(processor.tokenizer, processor.chat_template),
+        features=FeatureSettings(
+            sampling_rate=fe.sampling_rate,
+            num_mel_bins=fe.feature_size,
+            frame_length_ms=fe.frame_length,
+            frame_shift_ms=fe.frame_shift,
+            window=fe.window,
+            lfr_m=fe.num_frames_lfr,
+            lfr_n=fe.stride_lfr,
+            waveform_scale=fe.waveform_scale,
+            padding_value=fe.padding_value,
+        ),  # fmt: skip
+        prompts=prompts,
+        model_card=model_card,
+    )
+
+
+def export_edge(
+    source: str | Path, output: str | Path, outtype: OutType = "f16", *, overwrite: bool = False
+) -> EdgeConfig:
+    """Export the Fun-ASR-Nano model folder `source` (a swapped model, a trained one, the base; Hugging Face or
+    original format) into folder `output`: `audio.onnx`, `llm.gguf` in `outtype` (f32, f16 or q8_0) and `edge.json`.
+
+    Everything is checked before the work (a model folder, a family the converter takes, a writable output that
+    does not exist unless `overwrite`) and written beside `output`, then renamed into place: a failure leaves
+    nothing half-written. Raises FileNotFoundError / ValueError / FileExistsError naming what is wrong.
+    """
+    from funasr_swap.convert import checkpoint_format, load_base
+    from funasr_swap.llms import match_llm
+    from funasr_swap.swap import read_swap_report
+    from tokenmap.families import detect_family
+
+    source, output = Path(source), Path(output)
+    if outtype not in ("f32", "f16", "q8_0"):
+        raise ValueError(f"outtype must be f32, f16 or q8_0, got {outtype!r}")
+    checkpoint_format(source)  # a folder that is no model fails here, naming it
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"{output} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    check_writable(output, folder=True)
+    model, processor = load_base(source, dtype=torch.float32)
+    family = detect_family(processor.tokenizer).name
+    if family not in GGUF_FAMILIES:
+        raise ValueError(
+            f"{source}: its LLM's family {family!r} has no GGUF conversion here (supported: {sorted(GGUF_FAMILIES)})"
+        )
+    gguf_family(family)
+    began = time.perf_counter()
+    spec = match_llm(model.config.text_config)
+    report = read_swap_report(source)
+    with atomic_folder(output) as tmp:
+        onnx_error = export_onnx(model, processor, tmp / AUDIO_ONNX)
+        write_gguf(model, processor.tokenizer, family, tmp / LLM_GGUF, outtype, work_dir=tmp)
+        card = {
+            "source": str(source.resolve()),
+            "family": family,
+            "llm": report.target_llm if report else spec.name if spec else model.config.text_config.model_type,
+            "swap": asdict(report) if report else None,
+            "onnx_max_abs_error": onnx_error,
+            "exported_with": {
+                "funasr_swap": importlib.metadata.version("funasr-swap"),
+                "torch": torch.__version__,
+                "llama_cpp_python (converter)": LLAMA_CPP_PYTHON_VERSION,
+            },
+            "export_seconds": round(time.perf_counter() - began, 1),
+        }
+        config = edge_config(model, processor, outtype, card)
+        config.write(tmp)
+    return config

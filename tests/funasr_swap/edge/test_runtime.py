@@ -1,0 +1,143 @@
+"""Edge transcription equals the PyTorch path's, for every family: prompts id for id, first-step logits, and greedy
+transcripts on the quick world's held-out clips (f32 and f16 GGUF exactly; q8_0 reported)."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from funasr_swap import edge
+from funasr_swap.audio import load_audio
+from funasr_swap.convert import load_base
+from funasr_swap.transcribe import prompt_ids, transcribe, transcription_inputs
+from tests.funasr_swap.edge.conftest import MODELS, RANDOM_SWAPS, WORLD_FAMILIES
+
+pytestmark = pytest.mark.slow
+MAX_NEW_TOKENS = 16
+# (language, hotwords, itn): prompts without hotwords come from edge.json, the others from llama.cpp's tokenizer
+TASKS = [
+    (None, (), True),
+    ("en", (), False),
+    ("zh", ("orange lamps", "Frank", "二十八"), True),
+    (None, ("can", "you"), False),
+]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_prompts_equal_the_processors_id_for_id(name, edge_sources, export):
+    _, processor = load_base(edge_sources[name])
+    with edge.EdgeModel(export(name, "f32")) as model:
+        for language, hotwords, itn in TASKS:
+            assert model.prompt(language, hotwords, itn) == prompt_ids(processor, language, hotwords, itn)
+
+
+@pytest.mark.parametrize("name", WORLD_FAMILIES)
+@pytest.mark.parametrize("outtype", ["f32", "f16"])
+def test_transcripts_equal_pytorchs(name, outtype, edge_sources, export, test_clips):
+    model, processor = load_base(edge_sources[name])
+    for language, hotwords, itn in TASKS[:3]:
+        expected = transcribe(model, processor, test_clips, language, hotwords, itn, max_new_tokens=MAX_NEW_TOKENS)
+        got = edge.transcribe(export(name, outtype), test_clips, language, hotwords, itn, MAX_NEW_TOKENS)
+        assert [t.text for t in got] == [t.text for t in expected]
+        assert [t.tokens for t in got] == [t.tokens for t in expected]
+        assert [t.audio_seconds for t in got] == [t.audio_seconds for t in expected]
+
+
+# llama.cpp's logits against PyTorch's, per step: max abs error / max(1, max |logit|); errors grow along an answer
+LOGIT_TOLERANCE = {"f32": 5e-3, "f16": 2e-2}  # the worst step measured: 2.2e-3 (f32, random Gemma-2)
+
+
+def pytorch_steps(model, processor, waveform, language=None, hotwords=(), itn=True):
+    """PyTorch's greedy answer ids (stop id included) and the logits `(steps, vocab)` each was chosen from."""
+    inputs = transcription_inputs(processor, [waveform], language, hotwords, itn)
+    with torch.inference_mode():
+        out = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True)  # fmt: skip
+    ids = out.sequences[0, inputs["input_ids"].shape[1] :].tolist()
+    return ids, torch.stack([step[0] for step in out.logits]).float().numpy()
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("outtype", ["f32", "f16"])
+def test_logits_follow_pytorchs_along_its_greedy_answer(name, outtype, edge_sources, export, test_clips):
+    """Fed PyTorch's own answer token by token, llama.cpp's logits stay within the tolerance at every step: what
+    equal transcripts rest on, checked also where the answers are not varied (the quick world's Gemma-2 stops at
+    once) and where a random model's top two logits tie closer than float rounding."""
+    model, processor = load_base(edge_sources[name])
+    with edge.EdgeModel(export(name, outtype)) as loaded:
+        before, after = loaded.prompt(None, (), True)
+        for clip in test_clips:
+            waveform = load_audio(clip)
+            ids, expected = pytorch_steps(model, processor, waveform)
+            rows = loaded.audio_rows(waveform)
+            got = [loaded.prefill(before, rows, after, room=len(ids))]
+            for position, token in enumerate(ids[:-1], start=len(before) + len(rows) + len(after)):
+                loaded._decode_ids([token], position, True)
+                got.append(loaded._logits().copy())
+            error = np.abs(np.stack(got) - expected).max(axis=1) / np.maximum(1.0, np.abs(expected).max(axis=1))
+            assert error.max() < LOGIT_TOLERANCE[outtype], f"{clip.name}: step {error.argmax()}, {error.max():.2e}"
+
+
+@pytest.mark.parametrize("name", RANDOM_SWAPS)
+@pytest.mark.parametrize("outtype", ["f32", "f16"])
+def test_random_swaps_answer_as_pytorch_up_to_ties(name, outtype, edge_sources, export, test_clips):
+    """Random weights put the top two logits within float rounding of each other now and then (the random Gemma-2:
+    2e-4 apart, measured): the edge answer equals PyTorch's up to the first step whose top two logits are closer
+    than the tolerance, if any."""
+    model, processor = load_base(edge_sources[name])
+    with edge.EdgeModel(export(name, outtype)) as loaded:
+        for language, hotwords, itn in TASKS[:3]:
+            before, after = loaded.prompt(language, hotwords, itn)
+            for clip in test_clips:
+                waveform = load_audio(clip)
+                expected, logits = pytorch_steps(model, processor, waveform, language, hotwords, itn)
+                stops = set(loaded.config.stop_ids)
+                expected = expected[: next((k for k, t in enumerate(expected) if t in stops), len(expected))]
+                got = loaded.generate(before, loaded.audio_rows(waveform), after, MAX_NEW_TOKENS)
+                pairs = itertools.zip_longest(got, expected)  # a missing token: one side stopped there
+                split = next((k for k, (a, b) in enumerate(pairs) if a != b), None)
+                if split is None:
+                    continue
+                second, first = np.sort(logits[split])[-2:]
+                assert first - second < LOGIT_TOLERANCE[outtype] * max(1.0, abs(first)), (clip.name, split)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_q8_0_transcribes_and_its_agreement_is_reported(name, edge_sources, export, test_clips, record_property):
+    model, processor = load_base(edge_sources[name])
+    expected = [t.text for t in transcribe(model, processor, test_clips, max_new_tokens=MAX_NEW_TOKENS)]
+    got = [t.text for t in edge.transcribe(export(name, "q8_0"), test_clips, max_new_tokens=MAX_NEW_TOKENS)]
+    agreement = sum(a == b for a, b in zip(got, expected))
+    record_property("q8_0_equal_transcripts", f"{agreement}/{len(expected)}")
+    print(f"{name} q8_0: {agreement} of {len(expected)} transcripts equal PyTorch's")
+    assert len(got) == len(expected)
+
+
+def test_the_edge_runtime_never_imports_torch(export, test_clips):
+    """In a fresh interpreter where importing torch (or transformers) fails, the edge package loads a model and
+    transcribes; torch is not in sys.modules afterwards."""
+    script = textwrap.dedent("""
+        import sys
+
+        class Refuse:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("torch", "transformers"):
+                    raise ImportError(name + " is not importable here")
+
+        sys.meta_path.insert(0, Refuse())
+        from funasr_swap import edge
+
+        results = edge.transcribe(sys.argv[1], sys.argv[2:], max_new_tokens=4)
+        assert not any(m.split(".")[0] in ("torch", "transformers") for m in sys.modules)
+        print("ok", len(results))
+    """)
+    command = [sys.executable, "-c", script, str(export("llama3", "f16")), *map(str, test_clips)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"ok {len(test_clips)}"
