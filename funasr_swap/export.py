@@ -176,7 +176,9 @@ def export_edge(
         raise FileExistsError(f"{output} exists; pass overwrite=True (CLI: --overwrite) to replace it")
     check_writable(output, folder=True)
     model, processor = load_base(source, dtype=torch.float32)
-    family = detect_family(processor.tokenizer).name
+    report = read_swap_report(source)
+    # a swap names its family; otherwise the tokenizer tells (deepseek-llm and -v2 share one: either converts alike)
+    family = report.family if report else detect_family(processor.tokenizer).name
     if family not in GGUF_FAMILIES:
         raise ValueError(
             f"{source}: its LLM's family {family!r} has no GGUF conversion here (supported: {sorted(GGUF_FAMILIES)})"
@@ -184,7 +186,6 @@ def export_edge(
     gguf_family(family)
     began = time.perf_counter()
     spec = match_llm(model.config.text_config)
-    report = read_swap_report(source)
     with atomic_folder(output) as tmp:
         onnx_error = export_onnx(model, processor, tmp / AUDIO_ONNX)
         write_gguf(model, processor.tokenizer, family, tmp / LLM_GGUF, outtype, work_dir=tmp)

@@ -29,6 +29,8 @@ import shutil
 import subprocess
 import sys
 import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -163,6 +165,19 @@ def _check_sentencepiece(model_file: Path, tokenizer: PreTrainedTokenizerBase) -
         )
 
 
+@contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
 def stage_llm(
     model: FunAsrNanoForConditionalGeneration, tokenizer: PreTrainedTokenizerBase, family: str, folder: Path
 ) -> None:
@@ -180,7 +195,8 @@ def stage_llm(
     state.update({f"lm_head.{k}": v for k, v in model.lm_head.state_dict().items()})
     llm.load_state_dict({k: v.float() for k, v in state.items()}, strict=False, assign=True)
     llm.tie_weights()
-    llm.save_pretrained(folder)
+    with _no_progress_bars():  # an intermediate folder: its shards' progress bar says nothing to the user
+        llm.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     config_file = folder / "config.json"
     config = json.loads(config_file.read_text())

@@ -108,7 +108,7 @@ def test_random_swaps_answer_as_pytorch_up_to_ties(name, outtype, edge_sources, 
                 assert first - second < LOGIT_TOLERANCE[outtype] * max(1.0, abs(first)), (clip.name, split)
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", WORLD_FAMILIES)
 def test_q8_0_transcribes_and_its_agreement_is_reported(name, edge_sources, export, test_clips, record_property):
     model, processor = load_base(edge_sources[name])
     expected = [t.text for t in transcribe(model, processor, test_clips, max_new_tokens=MAX_NEW_TOKENS)]
