@@ -27,7 +27,7 @@ from torch import nn
 
 from funasr_swap.edge.config import EdgeConfig, HotwordPrompt, TaskPrompt
 from funasr_swap.edge.features import FeatureSettings
-from funasr_swap.gguf import GGUF_FAMILIES, LLAMA_CPP_PYTHON_VERSION, OutType, gguf_family, write_gguf
+from funasr_swap.gguf import LLAMA_CPP_PYTHON_VERSION, OutType, gguf_family, write_gguf
 from tokenmap.io import atomic_folder, check_writable
 from tokenmap.prompt import LANGUAGE_NAMES, control_tokens
 
@@ -147,7 +147,7 @@ def edge_config(
             lfr_n=fe.stride_lfr,
             waveform_scale=fe.waveform_scale,
             padding_value=fe.padding_value,
-        ),  # fmt: skip
+        ),
         prompts=prompts,
         model_card=model_card,
     )
@@ -179,11 +179,10 @@ def export_edge(
     report = read_swap_report(source)
     # a swap names its family; otherwise the tokenizer tells (deepseek-llm and -v2 share one: either converts alike)
     family = report.family if report else detect_family(processor.tokenizer).name
-    if family not in GGUF_FAMILIES:
-        raise ValueError(
-            f"{source}: its LLM's family {family!r} has no GGUF conversion here (supported: {sorted(GGUF_FAMILIES)})"
-        )
-    gguf_family(family)
+    try:
+        gguf_family(family)
+    except ValueError as error:
+        raise ValueError(f"{source}: {error}") from None
     began = time.perf_counter()
     spec = match_llm(model.config.text_config)
     with atomic_folder(output) as tmp:

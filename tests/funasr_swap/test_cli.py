@@ -18,6 +18,7 @@ import typer
 from typer.testing import CliRunner
 
 from funasr_swap.cli import app
+from funasr_swap.gguf import GGUF_FAMILIES
 from funasr_swap.llms import LLMS
 from funasr_swap.plan import swap_plan
 from funasr_swap.swap import swap_llm
@@ -419,9 +420,9 @@ def test_export_bad_inputs_are_one_line_and_write_nothing(base, exported, tmp_pa
     monkeypatch.setattr("funasr_swap.export.write_gguf", converter_fails)
     assert_error(invoke("export", base, "-o", tmp_path / "half"), "converter failed on the qwen3 LLM", alone=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "empty"]  # nothing half-written beside it
-    monkeypatch.setattr("funasr_swap.export.GGUF_FAMILIES", {})
-    assert_error(invoke("export", base, "-o", tmp_path / "x"), "its LLM's family 'qwen3' has no GGUF conversion",
-                 alone=False)  # fmt: skip
+    monkeypatch.delitem(GGUF_FAMILIES, "qwen3")
+    assert_error(invoke("export", base, "-o", tmp_path / "x"),
+                 f"{base}: llama.cpp's converter is not set up for the 'qwen3' family here", alone=False)  # fmt: skip
 
 
 def test_transcribe_takes_a_model_or_an_export(base, manifest, tmp_path):
