@@ -40,7 +40,8 @@ MODEL_DIR = "final"  # the model folder inside a run folder (funasr_swap.train's
 CORPUS_FIELDS = ("utterances", "seed")
 LLM_FIELDS = (*CORPUS_FIELDS, "lm_steps", "lm_batch_size", "lm_lr", "target_width")
 BASE_FIELDS = (
-    *LLM_FIELDS, "valid_utterances", "encoder_hidden", "encoder_layers", "encoder_heads", "projector_hidden",
+    *LLM_FIELDS, "valid_utterances", "encoder_hidden", "encoder_layers", "encoder_heads", "encoder_dropout",
+    "projector_hidden",
     "base_steps", "base_lr", "base_eval_every", "lora_rank", "batch_size", "warmup_steps",
 )  # fmt: skip
 SWAP_FIELDS = (
