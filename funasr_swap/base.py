@@ -35,10 +35,12 @@ def tiny_base_config(
     num_layers: int = 4,
     num_timestamp_layers: int = 1,
     projector_hidden_size: int = 128,
+    encoder_dropout: float = 0.1,
 ) -> FunAsrNanoConfig:
     """A tiny `FunAsrNanoConfig`: encoder `hidden_size` wide with `num_layers` layers, the last
     `num_timestamp_layers` of them timestamp layers (as the real 50 + 20); adaptor and text model at the tiny LLM's
-    width (`tiny_text_config("Qwen3-0.6B")`, 64, with the real vocabulary size)."""
+    width (`tiny_text_config("Qwen3-0.6B")`, 64, with the real vocabulary size). `encoder_dropout`: the encoder's
+    hidden and attention dropout (the real model's 0.1 by default)."""
     text_config = tiny_text_config(BASE_LLM)
     llm_dim = text_config.hidden_size
     audio_config = FunAsrNanoEncoderConfig(
@@ -47,6 +49,8 @@ def tiny_base_config(
         intermediate_size=4 * hidden_size,  # the real ratio (512 -> 2048)
         num_hidden_layers=num_layers,
         num_timestamp_prediction_layers=num_timestamp_layers,
+        hidden_dropout=encoder_dropout,
+        attention_dropout=encoder_dropout,
     )
     adaptor_config = FunAsrNanoAdaptorConfig(
         hidden_size=llm_dim,
@@ -64,7 +68,7 @@ def tiny_base_config(
     )
 
 
-def tiny_base(seed: int = 0, **sizes: int) -> tuple[FunAsrNanoForConditionalGeneration, FunAsrNanoProcessor]:
+def tiny_base(seed: int = 0, **sizes: float) -> tuple[FunAsrNanoForConditionalGeneration, FunAsrNanoProcessor]:
     """A tiny random Fun-ASR-Nano as `(model, processor)`, the return type of `load_base`; model in eval mode.
 
     The weights depend only on `seed` (the global RNG is left as it was); `sizes` go to `tiny_base_config`. The

@@ -37,8 +37,8 @@ from tokenmap.markers import SpeechMarkers
 from tokenmap.prompt import (
     IGNORE_INDEX,
     AsrPrompt,
+    AsrPromptBuilder,
     AsrTask,
-    build_asr_prompt,
     control_tokens,
     language_name,
     spelled_control_token,
@@ -267,7 +267,11 @@ class AsrCollator:
         self.markers = SpeechMarkers(processor.audio_token, processor.audio_token_id)
         self.encoder = encoder
         self.dither = dither
-        # one rendering per (task, transcript), with one audio frame: an epoch after the first renders nothing
+        # the chat template rendered once per task (AsrPromptBuilder), then one encoding per (task, transcript),
+        # with one audio frame: an epoch after the first renders nothing
+        self._builder = AsrPromptBuilder(
+            processor.tokenizer, family=self.family, markers=self.markers, chat_template=processor.chat_template
+        )
         self._prompts: dict[tuple[AsrTask, str], AsrPrompt] = {}
         self._audio: dict[Path, torch.Tensor] | None = {} if cache else None  # audio path -> (frames, dim)
 
@@ -275,10 +279,7 @@ class AsrCollator:
         key = (utterance.asr_task, utterance.text)
         if key not in self._prompts:
             try:
-                self._prompts[key] = build_asr_prompt(
-                    self.processor.tokenizer, 1, utterance.asr_task, target=utterance.text, family=self.family,
-                    markers=self.markers, chat_template=self.processor.chat_template,
-                )  # fmt: skip
+                self._prompts[key] = self._builder(1, utterance.asr_task, utterance.text)
             except ValueError as error:  # e.g. a transcript that spells a control token
                 raise ValueError(f"{utterance.audio}: {error}") from error
         return self._prompts[key].with_audio_length(n_frames)

@@ -61,13 +61,14 @@ def _copy_data(
     """The family's ASR prompt around the audio slot, and each text's answer ids (text and end of turn) exactly as
     `build_asr_prompt` (so the collator) renders them: some templates put a space before the answer."""
     from tokenmap.markers import default_strategy, resolve_speech_markers
-    from tokenmap.prompt import build_asr_prompt
+    from tokenmap.prompt import AsrPromptBuilder
 
     tokenizer = copy.deepcopy(tokenizer)  # `add` markers extend it
     markers = resolve_speech_markers(tokenizer, default_strategy(family), family=family)
+    build = AsrPromptBuilder(tokenizer, family=family, markers=markers)  # the template rendered once, not per text
     answers = []
     for text in texts:
-        prompt = build_asr_prompt(tokenizer, 1, target=text, family=family, markers=markers)
+        prompt = build(1, target=text)
         answers.append(prompt.input_ids[prompt.prompt_length :])
     slot = prompt.audio_start
     return _CopyPrompt(prompt.input_ids[:slot], prompt.input_ids[slot + 1 : prompt.prompt_length]), answers

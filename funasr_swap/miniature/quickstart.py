@@ -8,7 +8,6 @@ notebooks and the demo read it with `read_index` instead of hard-coding hashed f
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import multiprocessing
@@ -41,7 +40,8 @@ MODEL_DIR = "final"  # the model folder inside a run folder (funasr_swap.train's
 CORPUS_FIELDS = ("utterances", "seed")
 LLM_FIELDS = (*CORPUS_FIELDS, "lm_steps", "lm_batch_size", "lm_lr", "target_width")
 BASE_FIELDS = (
-    *LLM_FIELDS, "valid_utterances", "encoder_hidden", "encoder_layers", "encoder_heads", "projector_hidden",
+    *LLM_FIELDS, "valid_utterances", "encoder_hidden", "encoder_layers", "encoder_heads", "encoder_dropout",
+    "projector_hidden",
     "base_steps", "base_lr", "base_eval_every", "lora_rank", "batch_size", "warmup_steps",
 )  # fmt: skip
 SWAP_FIELDS = (
@@ -201,11 +201,14 @@ def run_quickstart(
     """Build the miniature world in `output` and write `REPORT.md`, `cer.png` and `models.json` there; returns the
     report's path.
 
-    `families`: target families or their LLMs' registry names (`resolve_families`). Independent work runs side by
-    side in `jobs` worker processes of `cpu_count // jobs` torch threads each (at least one): the tiny LLMs'
-    pretraining beside the base's training (which takes all the threads once the pretraining is done), then the
-    swap runs, each writing its progress to a `log.txt`. More workers than cores is fine for one-thread workers
-    (the default 3 on 2 cores: three swaps side by side finish sooner than two, then one).
+    `families`: target families or their LLMs' registry names (`resolve_families`). This process runs the critical
+    path: the base LLM's pretraining, then the base's training (which takes all the threads once the target LLMs
+    are pretrained). Beside it one worker pretrains the target LLMs one after the other, so that on 2 cores each
+    has a core: side by side, four processes on two cores, the base's LLM took 105 s to pretrain and the base's
+    first steps 0.7 s, against about 70 s and 0.35 s on a core of its own. Then the swaps run side by side in
+    `jobs` worker processes of `cpu_count // jobs` torch threads each (at least one), each writing its progress to
+    a `log.txt`. More workers than cores is fine for one-thread workers (the default 3 on 2 cores: three swaps side
+    by side finish sooner than two, then one).
     """
     from funasr_swap.synth import synthesize
 
@@ -239,38 +242,49 @@ def run_quickstart(
     timed("corpus", corpus.name, began, built=not corpus_cached)
 
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        # 2. tiny LLMs on the copy task over the train transcripts (valid and test sentences stay unseen)
+        # 2. tiny LLMs on the copy task over the train transcripts (valid and test sentences stay unseen): the
+        # targets' in one worker, the base's here (the base waits for it)
         began = time.perf_counter()
         llm_root = folders.llms
-        # all at once: the base's LLM alone on both cores took 66 s, beside the targets' 113 s, but then the targets'
-        # pretraining slowed the base's training by more (601 s against 484 s on 2 cores)
-        pretrainings = _submit_pretrainings(pool, llm_root, [BASE_LLM] + [FAMILY_LLMS[f] for f in families],
-                                            data, config, threads, log)  # fmt: skip
+        targets = [FAMILY_LLMS[f] for f in families]
+        for name in targets:
+            if (llm_root / name).is_dir():
+                log(f"[quickstart] pretrain {name}: cached in {llm_root / name}")
+        missing = [name for name in targets if not (llm_root / name).is_dir()]
+        pretraining = pool.submit(
+            in_worker, llm_root / "targets.log.txt", threads, _pretrain_each, missing, llm_root, data, config
+        )
+        logged: set[str] = set()
 
         def pretrained(name: str) -> Path:
-            if name in pretrainings:
-                pretrainings.pop(name).result()
-                record = json.loads((llm_root / name / "PRETRAIN.json").read_text())
-                log(f"[quickstart] pretrained {name}: copy accuracy {record.get('copy_accuracy', 0):.1%}, "
-                    f"{record['world_tokens']} world tokens, {record['seconds']:.0f} s")  # fmt: skip
+            pretraining.result()
+            if name in missing and name not in logged:
+                _log_pretrained(llm_root / name, log)
+                logged.add(name)
             return llm_root / name
 
-        # 3. the base, in this process, while the workers pretrain the target LLMs
-        base_llm_built = BASE_LLM in pretrainings
-        base_llm = pretrained(BASE_LLM)
-        timed("base LLM pretraining", f"{llm_root.name}/{BASE_LLM}", began, built=base_llm_built)
-        began = time.perf_counter()
-        base_dir = folders.base
-        base_cached = (base_dir / RESULT_FILE).is_file()
-        log(f"[quickstart] base: training in {base_dir}" + (" (cached)" if base_cached else ""))
         main_threads = torch.get_num_threads()
-        torch.set_num_threads(threads)  # the workers' share: they pretrain meanwhile
-
-        def join_freed_cores(step: int, loss: float) -> None:  # 2 threads: a base step 1.46x faster than with 1
-            if torch.get_num_threads() < main_threads and all(f.done() for f in pretrainings.values()):
-                torch.set_num_threads(main_threads)
-
+        torch.set_num_threads(threads)  # a worker's share: one pretrains meanwhile
         try:
+            base_llm = llm_root / BASE_LLM
+            base_llm_built = not base_llm.is_dir()
+            if base_llm_built:
+                _pretrain(BASE_LLM, base_llm, data, config)
+                _log_pretrained(base_llm, log)
+            else:
+                log(f"[quickstart] pretrain {BASE_LLM}: cached in {base_llm}")
+            timed("base LLM pretraining", f"{llm_root.name}/{BASE_LLM}", began, built=base_llm_built)
+
+            # 3. the base, in this process, while a worker pretrains the target LLMs
+            began = time.perf_counter()
+            base_dir = folders.base
+            base_cached = (base_dir / RESULT_FILE).is_file()
+            log(f"[quickstart] base: training in {base_dir}" + (" (cached)" if base_cached else ""))
+
+            def join_freed_cores(step: int, loss: float) -> None:  # 2 threads: a base step 1.46x faster than with 1
+                if torch.get_num_threads() < main_threads and pretraining.done():
+                    torch.set_num_threads(main_threads)
+
             runs = [(train_base(base_dir, base_llm, data, config, join_freed_cores), base_dir)]
         finally:
             torch.set_num_threads(main_threads)
@@ -302,23 +316,23 @@ def run_quickstart(
     return report
 
 
-def _submit_pretrainings(
-    pool: ProcessPoolExecutor, llm_root: Path, names: list[str], data: dict[str, list], config: MiniatureConfig,
-    threads: int, log: Callable[[str], None],
-) -> dict[str, Future]:  # fmt: skip
-    """Copy-task pretraining of each LLM in `names` not yet in `llm_root` (a folder there is a finished one: it is
-    written atomically), submitted to `pool` in order; the futures by LLM name."""
-    texts = [u.text for u in data["train"]]
-    futures = {}
+def _pretrain(name: str, folder: Path, data: dict[str, list], config: MiniatureConfig) -> Path:
+    """Copy-task pretraining of the tiny LLM `name` into `folder` (written atomically: a folder there is a finished
+    one), on the train transcripts; its copy accuracy measured on the valid ones."""
+    return pretrain_llm(
+        name, [u.text for u in data["train"]], folder, width=64 if name == BASE_LLM else config.target_width,
+        steps=config.lm_steps, batch_size=config.lm_batch_size, lr=config.lm_lr, seed=config.seed,
+        eval_texts=[u.text for u in data["valid"]],
+    )  # fmt: skip
+
+
+def _log_pretrained(folder: Path, log: Callable[[str], None]) -> None:
+    record = json.loads((folder / "PRETRAIN.json").read_text())
+    log(f"[quickstart] pretrained {folder.name}: copy accuracy {record.get('copy_accuracy', 0):.1%}, "
+        f"{record['world_tokens']} world tokens, {record['seconds']:.0f} s")  # fmt: skip
+
+
+def _pretrain_each(names: list[str], llm_root: Path, data: dict[str, list], config: MiniatureConfig) -> None:
+    """`_pretrain` of each LLM in `names` into `llm_root`, one after the other (a worker's job)."""
     for name in names:
-        folder = llm_root / name
-        if folder.is_dir():
-            log(f"[quickstart] pretrain {name}: cached in {folder}")
-            continue
-        job = functools.partial(
-            pretrain_llm, name, texts, folder, width=64 if name == BASE_LLM else config.target_width,
-            steps=config.lm_steps, batch_size=config.lm_batch_size, lr=config.lm_lr, seed=config.seed,
-            eval_texts=[u.text for u in data["valid"]],
-        )  # fmt: skip
-        futures[name] = pool.submit(in_worker, llm_root / f"{name}.log.txt", threads, job)
-    return futures
+        _pretrain(name, llm_root / name, data, config)

@@ -57,6 +57,7 @@ def build_base(
     model, processor = tiny_base(
         seed=config.seed, hidden_size=config.encoder_hidden, num_layers=config.encoder_layers,
         num_attention_heads=config.encoder_heads, projector_hidden_size=config.projector_hidden,
+        encoder_dropout=config.encoder_dropout,
     )  # fmt: skip
     llm = AutoModelForCausalLM.from_pretrained(llm_folder)
     model.model.language_model.load_state_dict(llm.base_model.state_dict())  # strict: the same tiny Qwen3 shape

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from transformers import FunAsrNanoForConditionalGeneration, FunAsrNanoProcessor, Qwen3Model
 
-from funasr_swap.base import tiny_base
+from funasr_swap.base import tiny_base, tiny_base_config
 from tests.conftest import real_tokenizer
 from tokenmap.assets import tokenizer_fingerprint
 from tokenmap.prompt import build_chat_template
@@ -69,6 +69,16 @@ def test_sizes_override():
     audio = model.config.audio_config
     assert (audio.hidden_size, audio.num_hidden_layers, audio.num_timestamp_prediction_layers) == (32, 3, 2)
     assert model.model.multi_modal_projector.linear_1.in_features == 32
+
+
+
+def test_encoder_dropout_is_the_real_models_unless_set():
+    """The real encoder's 0.1 by default; the miniature sets its own (MiniatureConfig.encoder_dropout)."""
+    default = tiny_base_config(151646).audio_config
+    assert default.hidden_dropout == default.attention_dropout == 0.1
+    none = tiny_base_config(151646, encoder_dropout=0.0).audio_config
+    assert none.hidden_dropout == none.attention_dropout == 0.0
+    assert tiny_base(encoder_dropout=0.0)[0].config.audio_config.hidden_dropout == 0.0
 
 
 def test_forward_and_generate_on_audio(base):

@@ -13,6 +13,7 @@ from tokenmap.markers import resolve_speech_markers
 from tokenmap.prompt import (
     DEFAULT_SYSTEM,
     IGNORE_INDEX,
+    AsrPromptBuilder,
     AsrTask,
     build_asr_prompt,
     build_chat_template,
@@ -270,6 +271,57 @@ def test_chat_template_tokenizes_to_build_asr_prompt_ids(family: str):
     )
     ids = tok(text, add_special_tokens=False).input_ids
     assert ids == build_asr_prompt(tok, N, task, family=family, markers=markers).input_ids
+
+
+
+# transcripts as a corpus has them, and the edges of a tokenizer's merges: spaces, digits, punctuation, CJK, emoji
+BUILDER_TARGETS = [
+    "wendy opened ninety three green lamps this morning", "there are 11 black pens.", " leading space",
+    "trailing space ", "今天天气不错。", "mixed 中文 and English!", "a", "🙂 ok", "line\nbreak",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_prompt_builder_gives_build_asr_prompts_ids(family: str):
+    """The cached path (one rendering per task) against the uncached one, for every task, length and target."""
+    tok = real_tokenizer(FAMILY_TOKENIZER[family])
+    markers = markers_for(tok, family)
+    build = AsrPromptBuilder(tok, family=family, markers=markers)
+    for task in TASKS:
+        for target in [*BUILDER_TARGETS, None]:
+            for n in (1, 7):
+                expected = build_asr_prompt(tok, n, task, target, family=family, markers=markers)
+                assert build(n, task, target) == expected, (task, target, n)
+
+
+def test_prompt_builder_with_a_processors_template():
+    tok = real_tokenizer("llama3")
+    markers = resolve_speech_markers(tok, "reuse", boundaries=True)
+    placeholder_only = type(markers)(markers.placeholder, markers.placeholder_id)
+    template = build_chat_template("llama3", markers)
+    build = AsrPromptBuilder(tok, markers=placeholder_only, chat_template=template)
+    for target in BUILDER_TARGETS:
+        assert build(3, target=target) == build_asr_prompt(tok, 3, target=target, markers=markers)
+
+
+def test_prompt_builder_refuses_a_target_spelling_a_control_token_first_or_later():
+    tok = real_tokenizer("qwen3")
+    build = AsrPromptBuilder(tok)
+    with pytest.raises(ValueError, match="<\\|im_end\\|>"):
+        build(1, target="a <|im_end|> b")  # the task's first prompt
+    build(1, target="fine")
+    with pytest.raises(ValueError, match="<\\|im_end\\|>"):
+        build(1, target="a <|im_end|> b")  # from the cached renderings
+
+
+def test_prompt_builder_refuses_a_template_that_rewrites_the_answer():
+    """Its answer is not the target's text: encoding before + target + after would not be the template's ids."""
+    tok = real_tokenizer("qwen3")
+    before, _, after = build_chat_template("qwen3").rpartition("{{ text }}")  # the last one: the answer's
+    template = before + "{{ text | upper }}" + after
+    build = AsrPromptBuilder(tok, chat_template=template)
+    with pytest.raises(RuntimeError, match="does not write the answer verbatim"):
+        build(1, target="hello")
 
 
 def test_boundary_markers_wrap_the_audio():
