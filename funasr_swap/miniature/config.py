@@ -22,8 +22,8 @@ AdaptorInit = Literal["bridge", "fresh"]
 
 @dataclass(frozen=True)
 class MiniatureConfig:
-    """Sizes, steps and rates of the miniature world (defaults: the quickstart, 1,570 CPU seconds, so about 13 minutes
-    on a quiet 2-core machine by estimate; 18 minutes measured beside a busy neighbour that left it 1.44 cores)."""
+    """Sizes, steps and rates of the miniature world (defaults: the quickstart, 12 min 38 s and 1,475 CPU seconds on
+    a quiet 2-core machine; benchmarks/results/quickstart_report.md)."""
 
     utterances: int = 4000  # English clips; 5% valid, 5% test
     valid_utterances: int = 50  # of the valid split, scored during training (test: the whole split, at the end)
