@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 import numpy as np
 import torch
@@ -169,8 +169,8 @@ def export_edge(
     from tokenmap.families import detect_family
 
     source, output = Path(source), Path(output)
-    if outtype not in ("f32", "f16", "q8_0"):
-        raise ValueError(f"outtype must be f32, f16 or q8_0, got {outtype!r}")
+    if outtype not in get_args(OutType):
+        raise ValueError(f"outtype must be one of {', '.join(get_args(OutType))}, got {outtype!r}")
     checkpoint_format(source)  # a folder that is no model fails here, naming it
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output} exists; pass overwrite=True (CLI: --overwrite) to replace it")
