@@ -362,4 +362,6 @@ def load_processor(folder: str | Path, **kwargs: Any) -> FunAsrNanoProcessor:
     feature_extractor = load_feature_extractor(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
     processor_dict, _ = FunAsrNanoProcessor.get_processor_dict(folder)
-    return FunAsrNanoProcessor.from_args_and_dict([feature_extractor, tokenizer], processor_dict)
+    # from_dict with the parts as keywords (they replace the dicts saved for them): from_args_and_dict, the
+    # positional form, prints a deprecation warning at every load under transformers 5.25
+    return FunAsrNanoProcessor.from_dict(processor_dict, feature_extractor=feature_extractor, tokenizer=tokenizer)

@@ -23,6 +23,24 @@ def qwen3_tokenizer():
     return real_tokenizer("qwen3")
 
 
+@pytest.fixture
+def transformers_log():
+    """The messages transformers logs during a test (its loggers do not propagate to pytest's capture), with its
+    once-per-process warnings re-armed so that an earlier test cannot hide one."""
+    import logging
+
+    import transformers  # noqa: F401  (installs Logger.warning_once, an lru_cache)
+
+    messages: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger("transformers")
+    logging.Logger.warning_once.cache_clear()
+    logger.addHandler(handler)
+    yield messages
+    logger.removeHandler(handler)
+
+
 @pytest.fixture(scope="session")
 def tiny_base_folder(tmp_path_factory):
     """A tiny Fun-ASR-Nano (`funasr_swap.base.tiny_base`, the real Qwen3 tokenizer) saved as a Hugging Face folder;

@@ -13,6 +13,7 @@ and it is explicit (`tokenmap fetch`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import io
@@ -21,6 +22,7 @@ import os
 import subprocess
 import sys
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -374,6 +376,24 @@ def resolve_tokenizer_path(spec: str | os.PathLike) -> Path:
     )
 
 
+@contextlib.contextmanager
+def _without_declared_class_warning() -> Iterator[None]:
+    """Drop transformers' one warning that a tokenizer_config.json declares `LlamaTokenizerFast` for a ByteLevel
+    tokenizer.json: the real DeepSeek files do, transformers then loads the right class (TokenizersBackend), and
+    the warning would reach the user's terminal at every load of them."""
+    import logging
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "but `tokenizer.json` is ByteLevel" not in record.getMessage()
+
+    logger = logging.getLogger("transformers.models.auto.tokenization_auto")
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
+
+
 def load_tokenizer(spec: str | os.PathLike) -> PreTrainedTokenizerBase:
     """Load a real tokenizer from a family name (`qwen3`, `llama3`, ...), a folder, a tokenizer.json, or a HF repo
     id present in the local Hugging Face cache. Never downloads."""
@@ -387,7 +407,8 @@ def load_tokenizer(spec: str | os.PathLike) -> PreTrainedTokenizerBase:
             raise TokenizerNotFoundError(
                 f"{path}: no tokenizer.json, tokenizer.model or tokenizer_config.json in this folder"
             )
-        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+        with _without_declared_class_warning():
+            return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     except TokenizerNotFoundError:
         raise
     except Exception as exc:  # transformers raises many types for a broken folder; name the path once

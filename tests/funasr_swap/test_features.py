@@ -347,6 +347,13 @@ def test_saved_config_is_the_stock_extractors_plus_scale_and_dither(tmp_path):
     assert type(loaded_by_stock) is FunAsrNanoFeatureExtractor and loaded_by_stock.waveform_scale == 32768.0
 
 
+def test_processor_loads_without_deprecation_noise(tmp_path, transformers_log):
+    """transformers 5.25 deprecates `from_args_and_dict` with a warning at every load."""
+    tiny_base()[1].save_pretrained(tmp_path)
+    load_processor(tmp_path)
+    assert transformers_log == []
+
+
 def test_processor_round_trip(tmp_path):
     template = "{% for m in messages %}{{ m.content }}{% endfor %}"
     processor = FunAsrNanoProcessor(

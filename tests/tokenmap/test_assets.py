@@ -101,3 +101,10 @@ def test_not_a_tokenizer_folder(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(TokenizerNotFoundError, match="not a loadable tokenizer"):
         load_tokenizer(bad)
+
+
+def test_real_deepseek_tokenizer_loads_without_declared_class_warning(transformers_log):
+    """The real DeepSeek tokenizer_config.json declares LlamaTokenizerFast for a ByteLevel tokenizer.json;
+    transformers loads the right class anyway, and its warning would reach users at every DeepSeek load."""
+    load_tokenizer("deepseek-v2")  # not the conftest's cached real_tokenizer: a fresh load
+    assert transformers_log == []
