@@ -713,7 +713,13 @@ def quickstart(
         False, "--compare-init", help="also retrain each swap from the other adaptor init (fresh), and compare"
     ),
     quick: bool = typer.Option(False, "--quick", help="a handful of clips and steps: checks the wiring in a minute"),
-    jobs: int = typer.Option(3, min=1, help="worker processes for the independent runs (LLM pretraining, swaps)"),
+    jobs: int = typer.Option(3, min=1, help="worker processes for the swaps, side by side"),
+    seed: int = typer.Option(
+        0, help="seeds the corpus, the tiny LLMs, the base and the swaps: another seed, another world"
+    ),
+    threads: int | None = typer.Option(
+        None, min=1, help="torch threads of the whole build (default: the cores available); results depend on it"
+    ),
 ) -> None:
     """Build the miniature world and swap its LLM: espeak-ng corpus, tiny LLMs with the real tokenizers, the base
     (tiny Fun-ASR-Nano) trained, then each family's LLM swapped in (bridge adaptor) and the adaptor retrained (with
@@ -729,9 +735,9 @@ def quickstart(
 
     from funasr_swap.miniature import QUICK, MiniatureConfig, run_quickstart
 
-    config = dataclasses.replace(QUICK if quick else MiniatureConfig(), compare_init=compare_init)
+    config = dataclasses.replace(QUICK if quick else MiniatureConfig(), compare_init=compare_init, seed=seed)
     names = [name.strip() for name in families.split(",") if name.strip()]
-    report = run_quickstart(output, names, config, jobs=jobs, log=typer.echo)
+    report = run_quickstart(output, names, config, jobs=jobs, threads=threads, log=typer.echo)
     typer.echo(report.read_text())
 
 

@@ -29,7 +29,7 @@ from tokenmap.io import atomic_write_lines
 
 __all__ = [
     "DEFAULT_OUTPUT", "INDEX_FILE", "MODEL_DIR", "NAMED_WORLDS", "ModelEntry", "World", "WorldFolders",
-    "held_out_manifest", "open_world", "read_index", "run_quickstart", "world_folders",
+    "available_cores", "held_out_manifest", "open_world", "read_index", "run_quickstart", "world_folders",
 ]  # fmt: skip
 
 DEFAULT_OUTPUT = "runs/quickstart"  # where the quickstart builds its world unless told otherwise (its CLI's -o)
@@ -42,7 +42,7 @@ LLM_FIELDS = (*CORPUS_FIELDS, "lm_steps", "lm_batch_size", "lm_lr", "target_widt
 BASE_FIELDS = (
     *LLM_FIELDS, "valid_utterances", "encoder_hidden", "encoder_layers", "encoder_heads", "encoder_dropout",
     "projector_hidden",
-    "base_steps", "base_lr", "base_eval_every", "lora_rank", "batch_size", "warmup_steps",
+    "base_steps", "base_lr", "base_eval_every", "base_ctc_weight", "lora_rank", "batch_size", "warmup_steps",
 )  # fmt: skip
 SWAP_FIELDS = (
     *BASE_FIELDS, "adaptor_steps", "adaptor_lr", "adaptor_eval_every", "adaptor_lora_rank", "adaptor_ctc_weight",
@@ -190,33 +190,41 @@ def _write_index(output: Path, runs: list[tuple[RunResult, Path]]) -> Path:
     return atomic_write_lines(output / INDEX_FILE, [json.dumps([asdict(e) for e in entries], indent=2)])
 
 
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, which a container or `taskset` narrows)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def run_quickstart(
     output: str | os.PathLike = DEFAULT_OUTPUT,
     families: Sequence[str] = DEFAULT_FAMILIES,
     config: MiniatureConfig = MiniatureConfig(),
     *,
     jobs: int = 3,
+    threads: int | None = None,
     log: Callable[[str], None] = print,
 ) -> Path:
     """Build the miniature world in `output` and write `REPORT.md`, `cer.png` and `models.json` there; returns the
     report's path.
 
-    `families`: target families or their LLMs' registry names (`resolve_families`). This process runs the critical
-    path: the base LLM's pretraining, then the base's training (which takes all the threads once the target LLMs
-    are pretrained). Beside it one worker pretrains the target LLMs one after the other, so that on 2 cores each
-    has a core: side by side, four processes on two cores, the base's LLM took 105 s to pretrain and the base's
-    first steps 0.7 s, against about 70 s and 0.35 s on a core of its own. Then the swaps run side by side in
-    `jobs` worker processes of `cpu_count // jobs` torch threads each (at least one), each writing its progress to
-    a `log.txt`. More workers than cores is fine for one-thread workers (the default 3 on 2 cores: three swaps side
-    by side finish sooner than two, then one).
+    `families`: target families or their LLMs' registry names (`resolve_families`). `threads`: the torch threads
+    of the whole build (default: the cores available). Every stage runs on a thread count fixed before it starts,
+    never changed by how fast another stage goes, so a rerun on the same machine gives the same numbers, busy or
+    quiet (float rounding depends on the thread count):
+
+        LLMs    each tiny LLM pretrained in a worker of one thread, `threads` workers side by side
+        base    this process, `threads` threads (the critical path: nothing runs beside it)
+        swaps   `jobs` workers side by side, `threads // jobs` threads each (at least one; on 2 cores three
+                one-thread workers finish sooner than two, then one), each writing its progress to a `log.txt`
     """
     from funasr_swap.synth import synthesize
 
     families = resolve_families(families)
-    if jobs < 1:
-        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    threads = available_cores() if threads is None else threads
+    for name, value in (("jobs", jobs), ("threads", threads)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
     output = Path(output)
-    threads = max(1, (os.cpu_count() or 1) // jobs)
     timings: dict[str, float] = {}  # stage -> seconds it took when it was built (this run or an earlier one)
     built_times_file = output / "build_seconds.json"
     built_times = json.loads(built_times_file.read_text()) if built_times_file.is_file() else {}
@@ -241,74 +249,57 @@ def run_quickstart(
     data = load_corpus(corpus, config)
     timed("corpus", corpus.name, began, built=not corpus_cached)
 
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        # 2. tiny LLMs on the copy task over the train transcripts (valid and test sentences stay unseen): the
-        # targets' in one worker, the base's here (the base waits for it)
-        began = time.perf_counter()
-        llm_root = folders.llms
-        targets = [FAMILY_LLMS[f] for f in families]
-        for name in targets:
-            if (llm_root / name).is_dir():
-                log(f"[quickstart] pretrain {name}: cached in {llm_root / name}")
-        missing = [name for name in targets if not (llm_root / name).is_dir()]
-        pretraining = pool.submit(
-            in_worker, llm_root / "targets.log.txt", threads, _pretrain_each, missing, llm_root, data, config
-        )
-        logged: set[str] = set()
+    spawn = multiprocessing.get_context("spawn")
+    # 2. tiny LLMs on the copy task over the train transcripts (valid and test sentences stay unseen)
+    began = time.perf_counter()
+    llm_root = folders.llms
+    names = [BASE_LLM, *(FAMILY_LLMS[f] for f in families)]
+    missing = [name for name in names if not (llm_root / name).is_dir()]
+    for name in names:
+        if name not in missing:
+            log(f"[quickstart] pretrain {name}: cached in {llm_root / name}")
+    with ProcessPoolExecutor(min(threads, len(missing)) or 1, mp_context=spawn) as pool:
+        pretraining = [
+            pool.submit(in_worker, llm_root / f"{name}.log.txt", 1, _pretrain, name, llm_root / name, data, config)
+            for name in missing
+        ]  # fmt: skip
+        for name, future in zip(missing, pretraining):
+            future.result()
+            _log_pretrained(llm_root / name, log)
+    timed("LLM pretraining", f"{llm_root.name}/{'+'.join(names)}", began, built=bool(missing))
 
-        def pretrained(name: str) -> Path:
-            pretraining.result()
-            if name in missing and name not in logged:
-                _log_pretrained(llm_root / name, log)
-                logged.add(name)
-            return llm_root / name
+    # 3. the base, in this process
+    began = time.perf_counter()
+    base_dir = folders.base
+    base_cached = (base_dir / RESULT_FILE).is_file()
+    log(f"[quickstart] base: training in {base_dir}" + (" (cached)" if base_cached else ""))
+    main_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        runs = [(train_base(base_dir, llm_root / BASE_LLM, data, config), base_dir)]
+    finally:
+        torch.set_num_threads(main_threads)
+    log(f"[quickstart] base: test CER {runs[0][0].test_cer:.1%}")
+    timed("base", base_dir.name, began, built=not base_cached)
 
-        main_threads = torch.get_num_threads()
-        torch.set_num_threads(threads)  # a worker's share: one pretrains meanwhile
-        try:
-            base_llm = llm_root / BASE_LLM
-            base_llm_built = not base_llm.is_dir()
-            if base_llm_built:
-                _pretrain(BASE_LLM, base_llm, data, config)
-                _log_pretrained(base_llm, log)
-            else:
-                log(f"[quickstart] pretrain {BASE_LLM}: cached in {base_llm}")
-            timed("base LLM pretraining", f"{llm_root.name}/{BASE_LLM}", began, built=base_llm_built)
-
-            # 3. the base, in this process, while a worker pretrains the target LLMs
-            began = time.perf_counter()
-            base_dir = folders.base
-            base_cached = (base_dir / RESULT_FILE).is_file()
-            log(f"[quickstart] base: training in {base_dir}" + (" (cached)" if base_cached else ""))
-
-            def join_freed_cores(step: int, loss: float) -> None:  # 2 threads: a base step 1.46x faster than with 1
-                if torch.get_num_threads() < main_threads and pretraining.done():
-                    torch.set_num_threads(main_threads)
-
-            runs = [(train_base(base_dir, base_llm, data, config, join_freed_cores), base_dir)]
-        finally:
-            torch.set_num_threads(main_threads)
-        log(f"[quickstart] base: test CER {runs[0][0].test_cer:.1%}")
-        timed("base (target LLMs pretrained beside it)", base_dir.name, began, built=not base_cached)
-
-        # 4. swaps, one per family and adaptor initialisation, side by side
-        began = time.perf_counter()
-        swaps: dict[Path, Future] = {}
+    # 4. swaps, one per family and adaptor initialisation, side by side
+    began = time.perf_counter()
+    swaps: dict[Path, Future] = {}
+    with ProcessPoolExecutor(jobs, mp_context=spawn) as pool:
         for family in families:
-            llm_folder = pretrained(FAMILY_LLMS[family])
             for strategy in config.adaptor_inits:
                 folder = output / f"swap-{_key(config, SWAP_FIELDS, family, strategy)}"
                 cached = (folder / RESULT_FILE).is_file()
                 log(f"[quickstart] {family} {strategy}: adaptor retraining in {folder}" + (" (cached)" * cached))
                 swaps[folder] = pool.submit(
-                    in_worker, folder / "log.txt", threads, train_swap, base_dir / MODEL_DIR, llm_folder, family,
-                    strategy, folder, corpus, config,
+                    in_worker, folder / "log.txt", max(1, threads // jobs), train_swap, base_dir / MODEL_DIR,
+                    llm_root / FAMILY_LLMS[family], family, strategy, folder, corpus, config,
                 )  # fmt: skip
         swaps_cached = all((folder / RESULT_FILE).is_file() for folder in swaps)
         for folder, future in swaps.items():
             runs.append((run := future.result(), folder))
             log(f"[quickstart] {run.name}: valid CER {run.start_cer:.1%} at step 0, test {run.test_cer:.1%}")
-        timed("swaps", f"swaps-{_key(config, SWAP_FIELDS, *families, *config.adaptor_inits)}", began, not swaps_cached)
+    timed("swaps", f"swaps-{_key(config, SWAP_FIELDS, *families, *config.adaptor_inits)}", began, not swaps_cached)
 
     report = write_report(output, config, data, [run for run, _ in runs], timings)
     _write_index(output, runs)  # last: the index lists finished models only
@@ -330,9 +321,3 @@ def _log_pretrained(folder: Path, log: Callable[[str], None]) -> None:
     record = json.loads((folder / "PRETRAIN.json").read_text())
     log(f"[quickstart] pretrained {folder.name}: copy accuracy {record.get('copy_accuracy', 0):.1%}, "
         f"{record['world_tokens']} world tokens, {record['seconds']:.0f} s")  # fmt: skip
-
-
-def _pretrain_each(names: list[str], llm_root: Path, data: dict[str, list], config: MiniatureConfig) -> None:
-    """`_pretrain` of each LLM in `names` into `llm_root`, one after the other (a worker's job)."""
-    for name in names:
-        _pretrain(name, llm_root / name, data, config)

@@ -164,7 +164,7 @@ def train_base(
         eval_every=config.base_eval_every, unfreeze_encoder=True, lora=_lora(config.lora_rank), audio_cache="features",
     )  # fmt: skip
     run = RunResult("base", BASE_LLM, BASE_FAMILY, "joint", 0, 0, 0.0, None, math.nan, math.nan, [])
-    return _train_and_test(run, model, processor, data, train_config, on_step=on_step)
+    return _train_and_test(run, model, processor, data, train_config, config.base_ctc_weight, on_step=on_step)
 
 
 def swap_into(

@@ -9,12 +9,15 @@ from typer.testing import CliRunner
 
 from funasr_swap.cli import app
 from funasr_swap.miniature import (
+    FAMILY_LLMS,
     MODEL_DIR,
     QUICK,
+    cached_run,
     held_out_manifest,
     load_corpus,
     open_world,
     read_index,
+    run_quickstart,
     world_folders,
 )
 
@@ -109,3 +112,24 @@ def test_quickstart_writes_report_index_and_reuses_its_cache(tmp_path_factory):
     assert [m.name for m in world.models] == ["base", "llama3 bridge", "llama3 fresh", "qwen3 bridge", "qwen3 fresh"]
     assert len(list(tmp_path.glob("swap-*/result.json"))) == 4
     assert [u.text for u in world.data()["test"]] == [u.text for u in load_corpus(folders.corpus, QUICK)["test"]]
+
+
+def _numbers(world):
+    """Every number a world's training recorded, per model: test scores, and each step's loss, learning rate,
+    gradient norm and validation scores (wall-clock fields left out: they are the only ones allowed to differ)."""
+    numbers = {}
+    for model in read_index(world):
+        history = cached_run((world / model.folder).parent).history
+        steps = [{k: v for k, v in record.items() if k != "seconds"} for record in history]
+        numbers[model.name] = (model.test_cer, model.test_wer, steps)
+    return numbers
+
+
+@pytest.mark.slow
+def test_a_world_built_again_from_nothing_has_the_same_numbers(quick_world, tmp_path):
+    """Same settings, same seed, same machine: bit-identical losses and CERs. Each stage runs on a thread count
+    fixed before it starts (float rounding depends on it), never switched by how fast another stage went."""
+    run_quickstart(tmp_path / "again", list(FAMILY_LLMS), config=QUICK, log=lambda line: None)
+    again, first = _numbers(tmp_path / "again"), _numbers(quick_world)
+    assert list(again) == ["base", "qwen3 bridge", "llama3 bridge", "gemma2 bridge", "deepseek-v2 bridge"]
+    assert again == first
