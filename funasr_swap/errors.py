@@ -28,12 +28,11 @@ class SettingError(ValueError):
 
         def spell(name: str, value: object) -> str:
             flag = (flags or {}).get(name)
+            shown = f"{value:g}" if isinstance(value, float) else None  # 60, not 60.0
             if flag is None:
                 name = f"{self.owner}.{name}" if self.owner else name
-                return name if value is NAMED else f"{name}={value:g}" if isinstance(value, float) else f"{name}={value!r}"
-            if value is NAMED or value is True:
-                return flag
-            return f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}"
+                return name if value is NAMED else f"{name}={shown or repr(value)}"
+            return flag if value is NAMED or value is True else f"{flag} {shown or value}"
 
         return self.message.format(**{name: spell(name, value) for name, value in self.settings.items()})
 

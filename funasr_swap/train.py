@@ -203,11 +203,15 @@ class TrainConfig:
         if self.dither < 0:
             raise SettingError("{dither} must be >= 0", owner=owner, dither=self.dither)
         if self.dither and cache != "none":
-            raise SettingError("{dither} draws new noise every epoch, which a cache would not keep: it needs no audio "
-                               "cache, not {audio_cache}", owner=owner, dither=self.dither, audio_cache=cache)  # fmt: skip
+            raise SettingError(
+                "{dither} draws new noise every epoch, which a cache would not keep: it needs no audio cache, not "
+                "{audio_cache}", owner=owner, dither=self.dither, audio_cache=cache,
+            )  # fmt: skip
         if cache != "none" and self.num_workers:
-            raise SettingError("{audio_cache} needs 0 DataLoader workers (each would keep its own cache), not "
-                               "{num_workers}", owner=owner, audio_cache=cache, num_workers=self.num_workers)  # fmt: skip
+            raise SettingError(
+                "{audio_cache} needs 0 DataLoader workers (each would keep its own cache), not {num_workers}",
+                owner=owner, audio_cache=cache, num_workers=self.num_workers,
+            )  # fmt: skip
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self), default=str))

@@ -39,7 +39,9 @@ class FeatureSettings:
             if not getattr(self, name) > 0:
                 raise ValueError(f"features.{name} must be positive, got {getattr(self, name)!r}")
         if min(self.frame_samples) < 1:
-            raise ValueError(f"features: a frame must hold a sample, got {self.frame_samples} at {self.sampling_rate} Hz")
+            raise ValueError(
+                f"features: a frame must hold a sample, got {self.frame_samples} at {self.sampling_rate} Hz"
+            )
 
     @property
     def frame_samples(self) -> tuple[int, int]:

@@ -167,7 +167,8 @@ class EdgeModel:
         params.no_perf = True
         self._ctx = llama_cpp.llama_init_from_model(self._model, params)
         if not self._ctx:
-            raise MemoryError(f"llama.cpp could not make a context of {size} tokens for {self.folder / self.config.llm}")
+            llm = self.folder / self.config.llm
+            raise MemoryError(f"llama.cpp could not make a context of {size} tokens for {llm}")
         self._tokens = llama_cpp.llama_batch_init(size, 0, 1)
         self._rows = llama_cpp.llama_batch_init(size, self.width, 1)  # the rows' buffer: size x width floats
         self.context = size
@@ -254,8 +255,9 @@ class EdgeModel:
                              f"{rows.shape}")  # fmt: skip
         for name, ids in (("before", before), ("after", after)):
             if outside := [i for i in ids if not 0 <= i < self._n_vocab]:
-                raise ValueError(f"prompt ids {name} the audio hold {outside[0]}, outside {self.folder / self.config.llm}"
-                                 f"'s vocabulary of {self._n_vocab} tokens")  # fmt: skip
+                llm = self.folder / self.config.llm
+                raise ValueError(f"prompt ids {name} the audio hold {outside[0]}, outside {llm}'s vocabulary of "
+                                 f"{self._n_vocab} tokens")  # fmt: skip
         self.reserve(len(before) + len(rows) + len(after) + room)
         self._llama.llama_memory_clear(self._llama.llama_get_memory(self._ctx), True)
         scaled = np.ascontiguousarray(rows / np.float32(self.config.audio_embedding_scale), dtype=np.float32)

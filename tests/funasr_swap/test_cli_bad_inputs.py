@@ -30,8 +30,10 @@ def world(tiny_base_folder, tmp_path_factory) -> dict[str, Path]:
         line = {"audio": paths[name].name, "text": "a tone", "language": "en", "duration": 2.0}
         (root / f"{name}.jsonl").write_text(json.dumps(line) + "\n")
     (root / "folder").mkdir()
-    return {"root": root, "folder": root / "folder", "model": tiny_base_folder, "no-tokenizer": no_tokenizer, **paths,
-            "manifest40": root / "clip40.jsonl", "manifest180": root / "clip180.jsonl", "out": root / "out"}  # fmt: skip
+    return {
+        "root": root, "folder": root / "folder", "model": tiny_base_folder, "no-tokenizer": no_tokenizer, **paths,
+        "manifest40": root / "clip40.jsonl", "manifest180": root / "clip180.jsonl", "out": root / "out",
+    }  # fmt: skip
 
 
 def assert_one_line(result, status: int, message: str) -> None:

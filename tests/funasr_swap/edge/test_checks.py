@@ -79,7 +79,8 @@ def test_an_llm_gguf_of_another_width_is_named_and_everything_is_freed(tiny_expo
     free = llama_cpp.llama_model_free
     monkeypatch.setattr(llama_cpp, "llama_model_free", lambda model: (freed.append(model), free(model)))
     monkeypatch.setattr(sys, "unraisablehook", unraisable.append)  # an error in __del__ would land here
-    with pytest.raises(ValueError, match=re.escape(f"{folder / 'llm.gguf'} is 64 wide; {folder / 'edge.json'} says 128")):
+    expected = f"{folder / 'llm.gguf'} is 64 wide; {folder / 'edge.json'} says 128"
+    with pytest.raises(ValueError, match=re.escape(expected)):
         edge.EdgeModel(folder)
     gc.collect()
     assert len(freed) == 1 and unraisable == []
@@ -94,7 +95,8 @@ def test_ids_outside_the_vocabulary_are_named(tiny_export, tmp_path, field, valu
     if field == "prompts":
         value = [{**prompts[0], "before": [*prompts[0]["before"], 200_000]}, *prompts[1:]]
     folder = copy_export(tiny_export, tmp_path / "bad-ids", **{field: value})
-    with pytest.raises(ValueError, match=rf"edge.json: {re.escape(name)}.*outside .*llm.gguf's vocabulary of 151\d+ tokens"):
+    expected = rf"edge.json: {re.escape(name)}.*outside .*llm.gguf's vocabulary of 151\d+ tokens"
+    with pytest.raises(ValueError, match=expected):
         edge.EdgeModel(folder)
 
 
