@@ -85,19 +85,15 @@ def compare_models(
 
 
 def ranking(results: Sequence[ModelResult]) -> list[list]:
-    """Rows `[rank, model, CER %, latency s, RTF]`, best first: by CER when scored, then by latency; models that
-    failed last, without numbers."""
+    """Rows `[rank, model, CER %, latency s, RTF]`, best first: by CER when scored, then by latency. Models that
+    failed are not ranked: they come last, without a rank or numbers (their columns say why)."""
 
     def key(result: ModelResult) -> tuple:
-        if result.error is not None:
-            return (2, 0.0, 0.0)
         return (0 if result.cer is not None else 1, result.cer or 0.0, result.latency)
 
+    ranked = sorted((r for r in results if r.error is None), key=key)
     rows = []
-    for rank, result in enumerate(sorted(results, key=key), start=1):
-        if result.error is not None:
-            rows.append([rank, result.name, None, None, None])
-            continue
+    for rank, result in enumerate(ranked, start=1):
         cer_percent = None if result.cer is None else round(100 * result.cer, 1)
         rows.append([rank, result.name, cer_percent, round(result.latency, 3), round(result.rtf, 3)])
-    return rows
+    return rows + [[None, r.name, None, None, None] for r in results if r.error is not None]

@@ -18,6 +18,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import functools  # noqa: E402
 import html  # noqa: E402
+import socket  # noqa: E402
 import tempfile  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -30,9 +31,11 @@ from demos.config import DemoConfig  # noqa: E402
 from demos.models import DemoModel  # noqa: E402
 from demos.prompt_view import KIND_COLOURS, prompt_html, prompt_tokens  # noqa: E402
 from funasr_swap.data import Utterance  # noqa: E402
+from funasr_swap.errors import SettingError  # noqa: E402
 
 __all__ = [
-    "RANKING_HEADERS", "build_app", "compare_clip", "launch", "read_examples", "read_input", "serve", "use_temp_dir",
+    "RANKING_HEADERS", "build_app", "check_port", "compare_clip", "launch", "read_examples", "read_input", "serve",
+    "use_temp_dir",
 ]  # fmt: skip
 
 RANKING_HEADERS = ["rank", "model", "CER %", "latency s", "RTF"]
@@ -69,7 +72,8 @@ def read_input(path: str | None, sampling_rate: int, max_seconds: float) -> tupl
     try:
         waveform = load_audio(path, sampling_rate)
     except (ValueError, FileNotFoundError) as error:  # the message names the temp path: show the file's name
-        return None, f"**{name}** cannot be used: {str(error).replace(str(path), name)}."
+        reason = str(error).replace(str(path), name).rstrip(".")  # soundfile's reasons end with one
+        return None, f"**{name}** cannot be used: {reason}."
     seconds = len(waveform) / sampling_rate
     if seconds > max_seconds:
         return None, f"**{name}** is {seconds:.1f} s long; this demo takes at most {max_seconds:g} s: cut it shorter."
@@ -202,6 +206,19 @@ def launch(app: gr.Blocks, config: DemoConfig, *, block: bool = True, quiet: boo
     return url
 
 
+def check_port(config: DemoConfig) -> None:
+    """SettingError naming `config.port` when something already listens there (Gradio binds it the same way)."""
+    if config.port is None:
+        return
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((config.host, config.port))
+        except OSError as error:
+            raise SettingError(f"{{port}} on {config.host} is not free ({error.strerror}): choose another port, or "
+                               "leave it out for the first free one from 7860", port=config.port) from None  # fmt: skip
+
+
 def read_examples(manifest: str | os.PathLike | None, count: int) -> list[Utterance]:
     """The first `count` clips of a JSONL manifest (`funasr_swap.data.load_manifest`), with their references;
     none without a manifest."""
@@ -222,5 +239,6 @@ def serve(
     manifest, and serve it (`launch`); returns the app and its local URL."""
     from demos.models import load_models
 
+    check_port(config)  # before the models load: a busy port would otherwise fail only after
     app = build_app(load_models(folders), read_examples(examples, config.max_examples), config)
     return app, launch(app, config, block=block, quiet=quiet)

@@ -5,8 +5,11 @@ Kept apart from the Gradio app so that the CLI reads these defaults without impo
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from funasr_swap.errors import SettingError
 
 __all__ = ["DemoConfig"]
 
@@ -31,3 +34,9 @@ class DemoConfig:
                 raise ValueError(f"DemoConfig.{name} must be > 0, got {getattr(self, name)!r}")
         if self.max_examples < 0:
             raise ValueError(f"DemoConfig.max_examples must be >= 0, got {self.max_examples}")
+        # Gradio's own form, "<digits><unit>"; Gradio checks it only as it starts serving, after the models load
+        if not re.fullmatch(r"\d+ *(b|kb|mb|gb|tb)", self.max_file_size, re.IGNORECASE):
+            raise SettingError(
+                "{max_file_size}: give a whole number and a unit, b, kb, mb, gb or tb (10mb, 1gb)",
+                owner="DemoConfig", max_file_size=self.max_file_size,
+            )  # fmt: skip

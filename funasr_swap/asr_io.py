@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from funasr_swap.audio import load_audio
+from funasr_swap.errors import SettingError
 
 __all__ = ["DEFAULT_MAX_AUDIO_SECONDS", "DEFAULT_MAX_NEW_TOKENS", "AudioSource", "Transcript", "load_sources"]
 
@@ -68,8 +69,9 @@ def load_sources(
     ):
         raise TypeError(f"audios must be a list of audio inputs; wrap the single {type(audios).__name__} in a list")
     if max_audio_seconds > limit:
-        raise ValueError(
-            f"max_audio_seconds={max_audio_seconds} is longer than the encoder's positions cover ({limit:.1f} s)"
+        raise SettingError(
+            f"{{max_audio_seconds}} is longer than the encoder's positions cover ({limit:.1f} s)",
+            max_audio_seconds=max_audio_seconds,
         )
     waveforms = []
     for index, source in enumerate(audios):
@@ -81,9 +83,10 @@ def load_sources(
                 f"{1000 * min_samples / sampling_rate:g} ms feature frame"
             )
         if seconds > max_audio_seconds:
-            raise ValueError(
-                f"{_source_name(source, index)}: audio is {seconds:.1f} s long, longer than max_audio_seconds="
-                f"{max_audio_seconds:g}; split it (e.g. with a VAD) or raise max_audio_seconds (at most {limit:.1f} s)"
+            raise SettingError(
+                f"{_source_name(source, index)}: audio is {seconds:.1f} s long, longer than {{max_audio_seconds}}; "
+                f"split it (e.g. with a VAD), or raise the maximum (at most {limit:.1f} s)",
+                max_audio_seconds=max_audio_seconds,
             )
         waveforms.append(waveform)
     return waveforms

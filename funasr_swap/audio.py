@@ -26,7 +26,7 @@ def load_audio(
         source_rate: the rate of an array `source` (required for arrays; files and bytes carry their own).
 
     Channels are averaged, then the waveform is resampled with soxr (high quality). Raises FileNotFoundError for a
-    missing file and ValueError, naming the source, for unreadable, empty or non-finite audio.
+    missing file and ValueError, naming the source, for a folder, unreadable, empty or non-finite audio.
     """
     if isinstance(source, np.ndarray):
         if source_rate is None:
@@ -58,6 +58,8 @@ def _read(source: str | Path | bytes) -> tuple[str, np.ndarray, int]:
         name, handle = f"<{len(source)} bytes>", io.BytesIO(source)
     else:
         path = Path(source)
+        if path.is_dir():
+            raise ValueError(f"audio {path} is a folder, not an audio file")
         if not path.is_file():
             raise FileNotFoundError(f"audio file {path} does not exist")
         name, handle = str(path), path

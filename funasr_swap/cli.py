@@ -59,20 +59,50 @@ def main() -> None:
     """Swap the LLM inside Fun-ASR-Nano."""  # a callback keeps every command a subcommand
 
 
+# The library's names of the settings that commands take as flags: a `SettingError` from the library names the flag
+# the user typed (`--max-seconds 60`), not the parameter a Python caller passes (`max_audio_seconds=60`).
+FLAGS = {
+    "max_audio_seconds": "--max-seconds",
+    "max_seconds": "--max-seconds",
+    "max_new_tokens": "--max-new-tokens",
+    "output_dir": "-o/--output",
+    "resume": "--resume",
+    "audio_cache": "--audio-cache",
+    "num_workers": "--num-workers",
+    "dither": "--dither",
+    "unfreeze_encoder": "--unfreeze-encoder",
+    "train_llm": "--train-llm",
+    "lora": "--lora-r",
+    "max_file_size": "--max-file-size",
+    "port": "--port",
+}
+
+
 def one_line_errors(command: Callable) -> Callable:
     """`tokenmap.cli.one_line_errors` (OSError, KeyError, ValueError: one line `error: ...` on stderr, exit status 1,
-    no traceback), widened to MemoryError: a real-shape LLM that cannot fit this machine (`swap --random-weights
-    real`)."""
+    no traceback), widened to MemoryError (a real-shape LLM that cannot fit this machine: `swap --random-weights
+    real`), with a `SettingError`'s settings named by their flags (`FLAGS`)."""
 
     @tokenmap_one_line_errors
     @functools.wraps(command)
     def widened(*args, **kwargs):
+        from funasr_swap.errors import SettingError
+
         try:
             return command(*args, **kwargs)
         except MemoryError as error:
             raise CliError(str(error) or "out of memory") from error
+        except SettingError as error:
+            raise CliError(error.spelled(FLAGS)) from None
 
     return widened
+
+
+def positive(value: float | None) -> float | None:
+    """A typer callback refusing 0 and less at parse time (exit status 2, naming the option)."""
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"must be more than 0, got {value:g}")
+    return value
 
 
 class LibraryDefault:
@@ -221,7 +251,7 @@ def transcribe(
     ),
     max_seconds: float = typer.Option(
         default_factory=transcribe_default("max_audio_seconds"),
-        min=0.0,
+        callback=positive,
         help="longer audio is an error: split it first (e.g. with a VAD)",
     ),
 ) -> None:
@@ -584,7 +614,7 @@ def train_command(
         help="torch.compile the encoder, adaptor and LLM layers for the steps; default: on a GPU only",
         show_default=False,
     ),
-    max_seconds: float = typer.Option(default_factory=MAX_SECONDS, min=0.0, help=MAX_SECONDS_HELP),
+    max_seconds: float = typer.Option(default_factory=MAX_SECONDS, callback=positive, help=MAX_SECONDS_HELP),
     skip_bad: bool = typer.Option(False, "--skip-bad", help=SKIP_BAD_HELP),
     resume: bool = typer.Option(False, "--resume", help="continue from the latest checkpoint in OUTPUT"),
 ) -> None:
@@ -612,7 +642,7 @@ def train_command(
     import torch
 
     from funasr_swap.convert import load_base
-    from funasr_swap.train import METRICS_FILE, LoraSettings, TrainConfig, added_token_ids
+    from funasr_swap.train import METRICS_FILE, LoraSettings, TrainConfig, added_token_ids, latest_checkpoint
     from funasr_swap.train import train as run_training
     from tokenmap.io import check_writable
 
@@ -630,6 +660,12 @@ def train_command(
         compile=compile_layers,
     )  # fmt: skip
     check_writable(output / METRICS_FILE)  # the run writes its files inside OUTPUT (made when missing)
+    checkpoint = latest_checkpoint(output)
+    if checkpoint is not None and not resume:
+        raise CliError(f"-o/--output {output} holds {checkpoint.name}: pass --resume to continue it, or choose another "
+                       "folder")  # fmt: skip
+    if checkpoint is None and resume:
+        typer.echo(f"--resume: {output} holds no checkpoint; starting a fresh run", err=True)
     # frozen weights in bf16 on a GPU (what trains is made fp32); all fp32 on CPU, which has no autocast
     base, processor = load_base(model, dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32)
     train_set = load_checked_manifest(train_manifest, processor, skip_bad, max_seconds)
@@ -651,7 +687,7 @@ def eval_command(
     batch_size: int = typer.Option(
         default_factory=LibraryDefault("funasr_swap.train:evaluate.batch_size"), min=1, help="utterances per generate"
     ),
-    max_seconds: float = typer.Option(default_factory=MAX_SECONDS, min=0.0, help=MAX_SECONDS_HELP),
+    max_seconds: float = typer.Option(default_factory=MAX_SECONDS, callback=positive, help=MAX_SECONDS_HELP),
     skip_bad: bool = typer.Option(False, "--skip-bad", help=SKIP_BAD_HELP),
 ) -> None:
     """Score a model on a manifest: CER and WER (overall and per language) and the loss, as a table.
@@ -761,7 +797,9 @@ def demo(
     ),
     max_file_size: str = typer.Option(default_factory=demo_default("max_file_size"), help="largest upload (10mb, 1gb)"),
     max_seconds: float = typer.Option(
-        default_factory=demo_default("max_audio_seconds"), min=0.0, help="longer audio gets a message, not a transcript"
+        default_factory=demo_default("max_audio_seconds"),
+        callback=positive,
+        help="longer audio gets a message, not a transcript",
     ),
     queue_size: int = typer.Option(
         default_factory=demo_default("queue_size"), min=1, help="comparisons that may wait; more are turned away"

@@ -280,19 +280,36 @@ def read_original_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return loaded
 
 
+# a tokenizer AutoTokenizer builds: the fast one's file, a SentencePiece model or a BPE vocabulary (the first named)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+def _check_tokenizer(folder: Path) -> None:
+    """FileNotFoundError naming `folder` when it holds no tokenizer: AutoTokenizer would otherwise build an empty
+    one (and the model then fails on prompts of no tokens) or llama.cpp's converter blame its pre-tokenizer."""
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"{folder} has no tokenizer ({TOKENIZER_FILES[0]}, or {' or '.join(TOKENIZER_FILES[1:])}): copy the "
+            "model's tokenizer files into it"
+        )
+
+
 def checkpoint_format(path: str | Path) -> Literal["hf", "original"]:
     """ "hf" for a folder with a `config.json` of model_type fun_asr_nano, "original" for one with `config.yaml`,
-    `model.pt` and `Qwen3-0.6B/config.json`; anything else raises, saying what was looked for and found."""
+    `model.pt` and `Qwen3-0.6B/config.json`; anything else raises, saying what was looked for and found. Either must
+    hold its tokenizer (`TOKENIZER_FILES`; the original's in `Qwen3-0.6B/`)."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint folder {path} does not exist")
     config_json = path / "config.json"
     model_type = json.loads(config_json.read_text()).get("model_type") if config_json.is_file() else None
     if model_type == "fun_asr_nano":
+        _check_tokenizer(path)
         return "hf"
     original_files = (ORIGINAL_CONFIG, ORIGINAL_WEIGHTS, f"{ORIGINAL_LLM}/config.json")
     missing = [name for name in original_files if not (path / name).is_file()]
     if not missing:
+        _check_tokenizer(path / ORIGINAL_LLM)
         return "original"
     found = f"model_type {model_type!r}" if config_json.is_file() else "no config.json"
     raise FileNotFoundError(

@@ -5,7 +5,8 @@ A manifest has one JSON object per line:
     {"audio": "clips/a.wav", "text": "the red cat", "language": "en", "duration": 2.31, "task": "language"}
 
 `audio` (required) is a path, relative to the manifest's folder or absolute; `text` (required) is the transcript;
-`language` (optional) a code such as "en" or "zh"; `duration` (optional) seconds, read from the file when absent;
+`language` (optional) a code such as "en" or "zh"; `duration` (optional) seconds, checked as a number, but each
+utterance's duration (for `max_seconds`, the encoder's limit and batching) is the file's, read from its header;
 `task` (optional) "transcribe" (the default: the plain ASR prompt) or "language" (the prompt names the language,
 "语音转写成英文：", and needs `language`). Other keys are ignored; blank lines are skipped.
 
@@ -30,6 +31,7 @@ from transformers import FunAsrNanoForConditionalGeneration, FunAsrNanoProcessor
 from transformers.modeling_outputs import BaseModelOutput
 
 from funasr_swap.audio import load_audio
+from funasr_swap.errors import SettingError
 from funasr_swap.features import batch_features
 from tokenmap.families import detect_family
 from tokenmap.io import parse_json_object
@@ -110,6 +112,8 @@ def _parse_line(line: str, folder: Path) -> Utterance:
         raise ValueError(f"'duration' must be a positive number of seconds or null, got {duration!r}")
 
     path = Path(audio) if os.path.isabs(audio) else folder / audio
+    if path.is_dir():
+        raise ValueError(f"audio {audio} is a folder, not an audio file")
     if not path.is_file():
         resolved = "" if os.path.isabs(audio) else f" (looked for {path})"
         raise ValueError(f"audio file {audio} not found{resolved}")
@@ -119,7 +123,8 @@ def _parse_line(line: str, folder: Path) -> Utterance:
         raise ValueError(f"cannot read audio file {audio}: {error}") from None
     if info.frames == 0:
         raise ValueError(f"audio file {audio} has no samples")
-    return Utterance(path, text, language, float(duration) if duration is not None else info.duration, task)
+    # the file's length, not the line's `duration`: a wrong label must not carry a long clip past a limit
+    return Utterance(path, text, language, info.frames / info.samplerate, task)
 
 
 def _check_for_model(utterance: Utterance, controls: Sequence[str], max_seconds: float | None) -> None:
@@ -131,9 +136,10 @@ def _check_for_model(utterance: Utterance, controls: Sequence[str], max_seconds:
             "as a role or speech marker); remove it from the line"
         )
     if max_seconds is not None and utterance.duration > max_seconds:
-        raise ValueError(
-            f"audio {utterance.audio} is {utterance.duration:.1f} s long, longer than max_seconds="
-            f"{max_seconds:g} (CLI: --max-seconds); split it, or raise the maximum"
+        raise SettingError(
+            f"audio {utterance.audio} is {utterance.duration:.1f} s long, longer than {{max_seconds}}; split it, or "
+            "raise the maximum",
+            max_seconds=max_seconds,
         )
 
 
@@ -150,8 +156,8 @@ def load_manifest(
     the audio file exists and soundfile can read its header (which gives `duration` when the line has none).
     With `tokenizer` (the model's, carrying its chat template: `processor.tokenizer`), a `text` that spells one of
     its control tokens (`tokenmap.prompt.control_tokens`: special tokens, and added tokens its template writes) is a
-    bad line; with `max_seconds`, so is a clip longer than that (its `duration`, or the file's length when the line
-    gives none).
+    bad line; with `max_seconds`, so is a clip longer than that (the file's length, whatever the line's `duration`
+    says).
     A bad line raises ValueError naming it, `train.jsonl:17: audio file clips/a.wav not found`, unless `skip_bad`,
     which skips it and records `(line, reason)` in `Manifest.skipped`. A manifest without any valid line raises.
     """
@@ -159,7 +165,7 @@ def load_manifest(
     if not path.is_file():
         raise FileNotFoundError(f"manifest {path} does not exist")
     if max_seconds is not None and not max_seconds > 0:
-        raise ValueError(f"max_seconds must be a positive number of seconds or None, got {max_seconds!r}")
+        raise SettingError("{max_seconds} must be a positive number of seconds or None", max_seconds=max_seconds)
     # what the collator's prompt refuses in a target: computed once, checked on every line
     controls = control_tokens(tokenizer, tokenizer.chat_template or "") if tokenizer is not None else []
     utterances, skipped = [], []
@@ -173,6 +179,8 @@ def load_manifest(
                 utterances.append(utterance)
             except ValueError as error:  # UnicodeDecodeError is one too
                 if not skip_bad:
+                    if isinstance(error, SettingError):  # keeps its settings apart: the CLI names its flags
+                        raise error.where(f"{path}:{number}") from None
                     raise ValueError(f"{path}:{number}: {error}") from None
                 skipped.append((number, str(error)))
     if not utterances:

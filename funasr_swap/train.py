@@ -86,6 +86,7 @@ from transformers import FunAsrNanoForConditionalGeneration, FunAsrNanoProcessor
 
 from funasr_swap.compat import active_logit_softcap, fill_gaps
 from funasr_swap.data import AsrCollator, Utterance, bucket_batches, precomputed_audio
+from funasr_swap.errors import NAMED, SettingError
 from funasr_swap.llms import lora_targets
 from funasr_swap.loss import lm_head_cross_entropy
 from funasr_swap.metrics import cer, wer
@@ -188,23 +189,29 @@ class TrainConfig:
         for name in ("max_steps", "batch_size", "grad_accum", "keep_last", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        # the settings a user chose: their names are the caller's (TrainConfig's fields, or the CLI's flags)
+        owner, cache = "TrainConfig", self.audio_cache
         if self.lora is not None and self.train_llm:
-            raise ValueError("TrainConfig: lora and train_llm both train the LLM; choose one")
-        if self.audio_cache not in AUDIO_CACHES:
-            choices = ", ".join(AUDIO_CACHES)
-            raise ValueError(f"TrainConfig.audio_cache must be one of {choices}, got {self.audio_cache!r}")
-        if self.audio_cache == "encoder" and self.unfreeze_encoder:
-            raise ValueError("TrainConfig: audio_cache 'encoder' keeps the encoder's outputs: it needs it frozen")
-        if self.dither < 0 or (self.dither and self.audio_cache != "none"):
-            raise ValueError(
-                f"TrainConfig.dither must be >= 0 and needs audio_cache 'none' (a cache keeps the first epoch's "
-                f"noise), got dither {self.dither} with audio_cache {self.audio_cache!r}"
-            )
-        if self.audio_cache != "none" and self.num_workers:
-            raise ValueError(
-                f"TrainConfig: audio_cache {self.audio_cache!r} needs num_workers 0 (each DataLoader worker would keep "
-                f"its own cache), got {self.num_workers}"
-            )
+            raise SettingError("{lora} and {train_llm} both train the LLM; choose one", owner=owner, lora=NAMED,
+                               train_llm=True)  # fmt: skip
+        if cache not in AUDIO_CACHES:
+            raise SettingError(f"{{audio_cache}}: choose one of {', '.join(AUDIO_CACHES)}", owner=owner,
+                               audio_cache=cache)  # fmt: skip
+        if cache == "encoder" and self.unfreeze_encoder:
+            raise SettingError("{audio_cache} keeps the encoder's outputs: it needs the encoder frozen, not "
+                               "{unfreeze_encoder}", owner=owner, audio_cache=cache, unfreeze_encoder=True)  # fmt: skip
+        if self.dither < 0:
+            raise SettingError("{dither} must be >= 0", owner=owner, dither=self.dither)
+        if self.dither and cache != "none":
+            raise SettingError(
+                "{dither} draws new noise every epoch, which a cache would not keep: it needs no audio cache, not "
+                "{audio_cache}", owner=owner, dither=self.dither, audio_cache=cache,
+            )  # fmt: skip
+        if cache != "none" and self.num_workers:
+            raise SettingError(
+                "{audio_cache} needs 0 DataLoader workers (each would keep its own cache), not {num_workers}",
+                owner=owner, audio_cache=cache, num_workers=self.num_workers,
+            )  # fmt: skip
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self), default=str))
@@ -471,11 +478,12 @@ def _check_audio_lengths(
         seconds = _duration(utterance)
         if seconds > limit:
             positions = model.config.audio_config.max_position_embeddings
-            raise ValueError(
+            raise SettingError(
                 f"{utterance.audio}: {seconds:.1f} s of audio, longer than the {limit:.1f} s that the encoder's "
-                f"{positions} positions cover; split it, or leave it out (load_manifest's max_seconds, CLI "
-                f"--max-seconds, at most {limit:.1f})"
-            )
+                f"{positions} positions cover; split it, or leave it out ({{max_seconds}} of load_manifest, at most "
+                f"{limit:.1f})",
+                max_seconds=NAMED,
+            )  # fmt: skip
 
 
 class BatchPlan:
@@ -657,7 +665,8 @@ def load_checkpoint(
     changed = sorted(k for k in saved.keys() | now.keys() if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
     if changed:
         diff = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
-        raise ValueError(f"{folder}: cannot resume with a different {diff}; use another output_dir to start over")
+        raise SettingError(f"{folder}: cannot resume with a different {diff}; use another {{output_dir}} to start over",
+                           output_dir=NAMED)  # fmt: skip
     if state["world_size"] != world:
         raise ValueError(f"{folder}: saved by {state['world_size']} process(es), resumed with {world}")
     weights = load_file(folder / WEIGHTS_FILE)
@@ -782,9 +791,7 @@ def train(
 
     checkpoint = latest_checkpoint(out)
     if checkpoint is not None and not resume:
-        raise FileExistsError(
-            f"{out} holds {checkpoint.name}: resume it (resume=True, CLI --resume), or use another output_dir"
-        )
+        raise FileExistsError(f"{out} holds {checkpoint.name}: resume it (resume=True), or use another output_dir")
     if checkpoint is not None:
         state = load_checkpoint(
             checkpoint, model, optimizer, scheduler, config, accelerator.process_index, accelerator.num_processes

@@ -84,3 +84,29 @@ def quick_world(tmp_path_factory):
     output = tmp_path_factory.mktemp("quick-world")
     run_quickstart(output, list(FAMILY_LLMS), config=QUICK, log=lambda line: None)
     return output
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_base_folder, tmp_path_factory):
+    """`funasr-swap export` of the tiny base (f32; 64 wide, its encoder covers 122.9 s), made through the CLI once per
+    session; tests read it, never write into it (copy it to change a part)."""
+    from typer.testing import CliRunner
+
+    from funasr_swap.cli import app
+
+    folder = tmp_path_factory.mktemp("export") / "edge"
+    result = CliRunner().invoke(app, ["export", str(tiny_base_folder), "-o", str(folder), "--outtype", "f32"])
+    assert result.exit_code == 0, result.output
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith(f"wrote {folder}: ") and "(qwen3, f32), audio tower + adaptor max error" in last
+    return folder
+
+
+def write_tone(path, seconds: float, freq: float = 220.0, rate: int = 16000):
+    """A sine tone of `seconds` written to `path` as 16-bit wav; the path."""
+    import numpy as np
+    import soundfile
+
+    t = np.arange(int(rate * seconds)) / rate
+    soundfile.write(path, (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), rate, subtype="PCM_16")
+    return path

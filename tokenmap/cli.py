@@ -301,11 +301,14 @@ def _text_controls(tokenizer) -> list[str]:
 def _convert_manifest(
     lines: Iterable[str], vocab_map: VocabMap, dst, ids_field: str, text_field: str, canonical: bool, source: Path
 ) -> Iterator[str]:
-    """Each non-blank line of `source` with its ids field converted (or made from its text field), as JSON."""
+    """Each non-blank line of `source` with its ids field converted (or made from its text field), as JSON; a
+    manifest without any is an error (as `load_manifest`'s), so that no empty output is written."""
     controls = _text_controls(dst)
+    empty = True
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
+        empty = False
         where = f"{source}:{number}"
         try:
             record = parse_json_object(line)
@@ -336,6 +339,8 @@ def _convert_manifest(
                 "name yours with --ids-field / --text-field"
             )
         yield json.dumps(record, ensure_ascii=False)
+    if empty:
+        raise CliError(f"{source}: no lines to convert (the manifest is empty or blank)")
 
 
 @app.command("convert")

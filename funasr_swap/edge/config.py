@@ -7,7 +7,11 @@ the runtime puts `before`, one adaptor row per LFR frame, then `after` into the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
+import types
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +65,20 @@ class EdgeConfig:
     model_card: dict[str, Any] = field(default_factory=dict)  # where the model came from; not read by the runtime
     format: int = EDGE_FORMAT
 
+    def __post_init__(self) -> None:
+        for name in ("hidden_size", "audio_embedding_scale", "max_audio_seconds"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        if not self.stop_ids:
+            raise ValueError("stop_ids must name at least one token id, got []")
+        # every language prompt() can resolve, with and without ITN: a missing one would fail mid-transcription
+        have = {(p.language, p.itn) for p in self.prompts}
+        for language in (None, *self.languages.values()):
+            for itn in (True, False):
+                if (language, itn) not in have:
+                    raise ValueError(f"prompts have none for language {language!r} with itn {itn}")
+
     def prompt(self, language: str | None, itn: bool) -> TaskPrompt:
         """The prompt for a language (a code, an English name or the checkpoint's name; None: the model's choice)."""
         name = None
@@ -78,17 +96,63 @@ class EdgeConfig:
         return path
 
 
+def _typed(value: Any, hint: Any, name: str) -> Any:
+    """`value` as JSON gives it, checked against the type `hint` (the dataclasses' annotations are the schema):
+    dataclasses are built from their objects, numbers where a float goes become floats. ValueError naming the field,
+    the type it takes and the value it has: the runtime hands these values to llama.cpp and onnxruntime, which do
+    not check them."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ValueError(f"{name or 'the file'} must be an object, got {value!r}")
+        hints, fields = typing.get_type_hints(hint), {f.name: f for f in dataclasses.fields(hint)}
+        missing = [f for f in fields if f not in value and fields[f].default is dataclasses.MISSING
+                   and fields[f].default_factory is dataclasses.MISSING]  # fmt: skip
+        unknown = [key for key in value if key not in fields]
+        if missing or unknown:
+            where = f"{name}: " if name else ""
+            raise ValueError(f"{where}fields missing: {missing or 'none'}, unknown: {unknown or 'none'}")
+        return hint(**{key: _typed(item, hints[key], f"{name}.{key}".lstrip(".")) for key, item in value.items()})
+    if origin is list and isinstance(value, list):
+        return [_typed(item, args[0], f"{name}[{i}]") for i, item in enumerate(value)]
+    if origin is dict and isinstance(value, dict):
+        return {_typed(key, args[0], f"{name} key"): _typed(item, args[1], f"{name}[{key!r}]")
+                for key, item in value.items()}  # fmt: skip
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (hint,) = [arg for arg in args if arg is not type(None)]  # the schema's unions are `X | None`
+        return _typed(value, hint, name)
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool) and type(value) is hint:  # bool is an int to isinstance; not to this schema
+        return value
+    raise ValueError(f"{name} must be {_type_name(hint)}, got {value!r}")
+
+
+def _type_name(hint: Any) -> str:
+    """`hint` as JSON spells it: `a list of integers`, `an object`, `a number`."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is list:
+        return f"a list of {_type_name(args[0]).split(' ', 1)[1]}s"
+    if origin is dict or dataclasses.is_dataclass(hint):
+        return "an object"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(hint, str(hint))
+
+
 def read_edge_config(folder: str | Path) -> EdgeConfig:
     """The `edge.json` of an exported folder; FileNotFoundError / ValueError naming the file for a folder that is not
-    an export or a file of another format version."""
+    an export, a file of another format version, or a field of the wrong type or value (naming the field)."""
     path = Path(folder) / EDGE_CONFIG
     if not path.is_file():
         raise FileNotFoundError(f"{folder} is not an edge export: no {EDGE_CONFIG} (write one with funasr-swap export)")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-        if raw.get("format") != EDGE_FORMAT:
-            raise ValueError(f"format {raw.get('format')!r}, this runtime reads format {EDGE_FORMAT}: export it again")
-        prompts = [TaskPrompt(**{**p, "hotwords": HotwordPrompt(**p["hotwords"])}) for p in raw.pop("prompts")]
-        return EdgeConfig(**{**raw, "features": FeatureSettings(**raw["features"]), "prompts": prompts})
-    except (json.JSONDecodeError, TypeError, KeyError, AttributeError, ValueError) as error:
+        if not isinstance(raw, dict) or raw.get("format") != EDGE_FORMAT:
+            found = raw.get("format") if isinstance(raw, dict) else None
+            raise ValueError(f"format {found!r}, this runtime reads format {EDGE_FORMAT}: export it again")
+        return _typed(raw, EdgeConfig, "")
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as error:
         raise ValueError(f"{path}: not a valid {EDGE_CONFIG} ({error})") from None

@@ -34,6 +34,15 @@ class FeatureSettings:
     waveform_scale: float = 32768.0  # the original's int16 scale
     padding_value: float = 0.0
 
+    def __post_init__(self) -> None:
+        for name in ("sampling_rate", "num_mel_bins", "frame_length_ms", "frame_shift_ms", "lfr_m", "lfr_n"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"features.{name} must be positive, got {getattr(self, name)!r}")
+        if min(self.frame_samples) < 1:
+            raise ValueError(
+                f"features: a frame must hold a sample, got {self.frame_samples} at {self.sampling_rate} Hz"
+            )
+
     @property
     def frame_samples(self) -> tuple[int, int]:
         """Samples of one fbank frame and of the shift between frames (torchaudio's float expressions)."""

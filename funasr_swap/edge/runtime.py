@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from funasr_swap.asr_io import DEFAULT_MAX_AUDIO_SECONDS, DEFAULT_MAX_NEW_TOKENS, AudioSource, Transcript, load_sources
-from funasr_swap.edge.config import EdgeConfig, TaskPrompt, read_edge_config
-from funasr_swap.edge.features import fbank, lfr_stack
+from funasr_swap.edge.config import EDGE_CONFIG, EdgeConfig, TaskPrompt, read_edge_config
+from funasr_swap.edge.features import fbank, lfr_stack, num_lfr_frames
 
 __all__ = ["DEFAULT_CONTEXT", "EdgeModel", "transcribe"]
 
-DEFAULT_CONTEXT = 2048  # tokens of prompt + audio rows + answer: 60 s of audio is 1,000 rows
+DEFAULT_CONTEXT = 2048  # the first context (prompt + audio rows + answer; 60 s of audio is 1,000 rows); it grows
 
 
 def _import_runtime():
@@ -57,6 +57,18 @@ _LOG_CALLBACK = None
 _GGML_LOG_LEVEL_ERROR = 4  # ggml.h's enum ggml_log_level, which llama-cpp-python does not export
 
 
+def _onnx_session(onnxruntime, path: Path, threads: int):
+    """onnxruntime's session of `path`; ValueError naming it when onnxruntime cannot load it (a truncated file)."""
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3  # errors only
+    try:
+        return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime's errors (InvalidProtobuf, Fail, ...) share no base but Exception
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(f"{path}: onnxruntime cannot load it ({reason}); export the model again") from None
+
+
 class EdgeModel:
     """An exported folder, loaded: `config` (edge.json), the ONNX audio session and the llama.cpp model + context.
 
@@ -64,58 +76,118 @@ class EdgeModel:
         folder: what `funasr-swap export` wrote.
         threads: CPU threads for onnxruntime and llama.cpp (None: half the logical cores, about the physical ones;
             llama.cpp's threads spin while they wait, so more threads than free cores is far slower, not faster).
-        context: llama.cpp's context in tokens: prompt + audio rows (one per 60 ms) + answer must fit.
+        context: llama.cpp's context in tokens at first: prompt + audio rows (one per 60 ms) + answer. It grows when
+            a clip and its answer need more (`reserve`), so any clip `transcribe` accepts fits.
 
-    Use it as a context manager, or call `close()`, to free llama.cpp's memory at once.
+    The parts are checked against each other before llama.cpp or onnxruntime sees any input (ValueError naming the
+    file and both values): audio.onnx's feature and row widths, llm.gguf's width, edge.json's; every prompt and stop
+    id inside llm.gguf's vocabulary. Use it as a context manager, or call `close()`, to free llama.cpp's memory at
+    once; a constructor that fails frees what it made.
     """
+
+    # what close() frees, when made: a constructor that fails part-way leaves the rest None
+    _model = _ctx = _tokens = _rows = None
 
     def __init__(self, folder: str | Path, threads: int | None = None, context: int = DEFAULT_CONTEXT):
         llama_cpp, onnxruntime = _import_runtime()
+        self._llama = llama_cpp
         self.folder = Path(folder)
         self.config: EdgeConfig = read_edge_config(self.folder)
         for name in (self.config.audio_model, self.config.llm):
             if not (self.folder / name).is_file():
                 raise FileNotFoundError(f"{self.folder / name} is missing: export the model again")
-        threads = threads or max(1, (os.cpu_count() or 2) // 2)
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.log_severity_level = 3  # errors only
-        self._audio = onnxruntime.InferenceSession(
-            str(self.folder / self.config.audio_model), options, providers=["CPUExecutionProvider"]
-        )
-        self._llama = llama_cpp
+        self._threads = threads or max(1, (os.cpu_count() or 2) // 2)
+        self._audio = _onnx_session(onnxruntime, self.folder / self.config.audio_model, self._threads)
         _quiet_llama_logs(llama_cpp)
         llama_cpp.llama_backend_init()
-        self._model = llama_cpp.llama_model_load_from_file(
-            str(self.folder / self.config.llm).encode(), llama_cpp.llama_model_default_params()
-        )
-        if not self._model:
-            raise ValueError(f"{self.folder / self.config.llm}: llama.cpp could not load it (see the error above)")
+        try:
+            self._model = llama_cpp.llama_model_load_from_file(
+                str(self.folder / self.config.llm).encode(), llama_cpp.llama_model_default_params()
+            )
+            if not self._model:
+                raise ValueError(f"{self.folder / self.config.llm}: llama.cpp could not load it (see the error above)")
+            self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+            self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+            self.width = llama_cpp.llama_model_n_embd(self._model)
+            self._check_parts()
+            self.context = 0
+            self.reserve(context)
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_parts(self) -> None:
+        """The widths and ids each part hands another agree (the class docstring); ValueError naming the file."""
+        config, folder = self.config, self.folder
+        inputs = {i.name: i.shape for i in self._audio.get_inputs()}
+        if sorted(inputs) != ["input_features", "input_features_mask"] or len(self._audio.get_outputs()) != 1:
+            outputs = [o.name for o in self._audio.get_outputs()]
+            raise ValueError(
+                f"{folder / config.audio_model}: takes {sorted(inputs)} and gives {outputs}; the runtime feeds "
+                "['input_features', 'input_features_mask'] and reads one output: export the model again"
+            )
+        features = config.features.num_mel_bins * config.features.lfr_m
+        # a width that is a name (a dynamic axis) is checked on each output instead (audio_rows)
+        for what, width, expected in (
+            ("takes features", inputs["input_features"][-1], features),
+            ("gives rows", self._audio.get_outputs()[0].shape[-1], config.hidden_size),
+        ):
+            if isinstance(width, int) and width != expected:
+                source = "hidden_size" if what == "gives rows" else "features (num_mel_bins x lfr_m)"
+                raise ValueError(
+                    f"{folder / config.audio_model} {what} {width} wide; {folder / EDGE_CONFIG} says {expected} "
+                    f"({source}): the files come from different exports"
+                )
+        if self.width != config.hidden_size:
+            raise ValueError(
+                f"{folder / config.llm} is {self.width} wide; {folder / EDGE_CONFIG} says {config.hidden_size} "
+                "(hidden_size): the files come from different exports"
+            )
+        named = [("stop_ids", config.stop_ids)]
+        named += [(f"prompts[{i}].{part}", getattr(p, part)) for i, p in enumerate(config.prompts)
+                  for part in ("before", "after")]  # fmt: skip
+        for name, ids in named:
+            if outside := [i for i in ids if not 0 <= i < self._n_vocab]:
+                raise ValueError(
+                    f"{folder / EDGE_CONFIG}: {name} holds id {outside[0]}, outside {folder / config.llm}'s vocabulary "
+                    f"of {self._n_vocab} tokens: the files come from different exports"
+                )
+
+    def reserve(self, positions: int) -> None:
+        """Make llama.cpp's context hold at least `positions` (prompt + audio rows + answer) and its batches as many
+        inputs; a larger context is made anew (rounded up to 256), a smaller need keeps the one there is."""
+        if positions <= self.context:
+            return
+        size = -(-positions // 256) * 256
+        llama_cpp = self._llama
+        self._free_context()
         params = llama_cpp.llama_context_default_params()
-        params.n_ctx = params.n_batch = context
-        params.n_threads = params.n_threads_batch = threads
+        params.n_ctx = params.n_batch = size
+        params.n_threads = params.n_threads_batch = self._threads
         params.no_perf = True
         self._ctx = llama_cpp.llama_init_from_model(self._model, params)
         if not self._ctx:
-            llama_cpp.llama_model_free(self._model)
-            raise MemoryError(f"llama.cpp could not make a context of {context} tokens for {self.folder}")
-        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
-        self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
-        self.context = context
-        width = llama_cpp.llama_model_n_embd(self._model)
-        if width != self.config.hidden_size:
-            raise ValueError(f"{self.folder}: llm.gguf is {width} wide, edge.json says {self.config.hidden_size}")
-        self._tokens = llama_cpp.llama_batch_init(context, 0, 1)
-        self._rows = llama_cpp.llama_batch_init(context, width, 1)
+            llm = self.folder / self.config.llm
+            raise MemoryError(f"llama.cpp could not make a context of {size} tokens for {llm}")
+        self._tokens = llama_cpp.llama_batch_init(size, 0, 1)
+        self._rows = llama_cpp.llama_batch_init(size, self.width, 1)  # the rows' buffer: size x width floats
+        self.context = size
+
+    def _free_context(self) -> None:
+        for name in ("_tokens", "_rows"):
+            if getattr(self, name) is not None:
+                self._llama.llama_batch_free(getattr(self, name))
+                setattr(self, name, None)
+        if self._ctx:
+            self._llama.llama_free(self._ctx)
+        self._ctx, self.context = None, 0
 
     def close(self) -> None:
         """Free llama.cpp's context, batches and model (the object is unusable after)."""
-        if getattr(self, "_ctx", None):
-            self._llama.llama_batch_free(self._tokens)
-            self._llama.llama_batch_free(self._rows)
-            self._llama.llama_free(self._ctx)
+        self._free_context()
+        if self._model:
             self._llama.llama_model_free(self._model)
-            self._ctx = None
+            self._model = None
 
     def __enter__(self) -> EdgeModel:
         return self
@@ -132,6 +204,11 @@ class EdgeModel:
         features = lfr_stack(fbank(waveform, settings), settings.lfr_m, settings.lfr_n)[None]
         mask = np.ones(features.shape[:2], np.int32)
         (rows,) = self._audio.run(None, {"input_features": features, "input_features_mask": mask})
+        if rows.shape != (1, features.shape[1], self.width):
+            raise ValueError(
+                f"{self.folder / self.config.audio_model} gave rows of shape {rows.shape} for {features.shape[1]} "
+                f"frames; {self.folder / self.config.llm} takes (1, {features.shape[1]}, {self.width})"
+            )
         return rows[0]
 
     def tokenize(self, text: str) -> list[int]:
@@ -149,6 +226,10 @@ class EdgeModel:
         size = 64 + 32 * len(ids)
         buffer = ctypes.create_string_buffer(size)
         count = self._llama.llama_detokenize(self._vocab, array, len(ids), buffer, size, False, False)
+        if count < 0:  # the buffer was too small: -count is the size the text needs
+            size = -count
+            buffer = ctypes.create_string_buffer(size)
+            count = self._llama.llama_detokenize(self._vocab, array, len(ids), buffer, size, False, False)
         return buffer.raw[: max(count, 0)].decode("utf-8", errors="replace")
 
     def _decode(self, batch, count: int, start: int, logits: bool) -> None:
@@ -168,13 +249,16 @@ class EdgeModel:
 
     def prefill(self, before: Sequence[int], rows: np.ndarray, after: Sequence[int], room: int = 0) -> np.ndarray:
         """Put prompt `before` + audio `rows` + `after` into a cleared context (with `room` positions left for the
-        answer); a copy of the logits `(vocab,)` at its last position."""
-        needed = len(before) + len(rows) + len(after) + room
-        if needed > self.context:
-            raise ValueError(
-                f"prompt, {len(rows)} audio rows and {room} answer tokens need {needed} positions; the context holds "
-                f"{self.context} (EdgeModel(context=...))"
-            )
+        answer); a copy of the logits `(vocab,)` at its last position. The context grows to fit (`reserve`)."""
+        if rows.ndim != 2 or rows.shape[1] != self.width:
+            raise ValueError(f"audio rows must be (frames, {self.width}) for {self.folder / self.config.llm}, got "
+                             f"{rows.shape}")  # fmt: skip
+        for name, ids in (("before", before), ("after", after)):
+            if outside := [i for i in ids if not 0 <= i < self._n_vocab]:
+                llm = self.folder / self.config.llm
+                raise ValueError(f"prompt ids {name} the audio hold {outside[0]}, outside {llm}'s vocabulary of "
+                                 f"{self._n_vocab} tokens")  # fmt: skip
+        self.reserve(len(before) + len(rows) + len(after) + room)
         self._llama.llama_memory_clear(self._llama.llama_get_memory(self._ctx), True)
         scaled = np.ascontiguousarray(rows / np.float32(self.config.audio_embedding_scale), dtype=np.float32)
         ctypes.memmove(self._rows.embd, scaled.ctypes.data, scaled.nbytes)
@@ -247,6 +331,9 @@ def transcribe(
     waveforms = load_sources(
         audios, rate, settings.frame_samples[0], max_audio_seconds, model.config.max_audio_seconds
     )  # fmt: skip
+    # one context for the longest clip and its answer, made before the first: none is made anew mid-way
+    longest = max((num_lfr_frames(len(w), settings) for w in waveforms), default=0)
+    model.reserve(len(before) + longest + len(after) + max_new_tokens)
     results = []
     for waveform in tqdm(waveforms, unit="audio", disable=not (progress if progress is not None else len(audios) > 1)):
         began = time.perf_counter()

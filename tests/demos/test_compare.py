@@ -27,16 +27,16 @@ def test_word_diff_compares_normalised_words_and_han_characters():
     assert word_diff("语音转写", "语音转与") == [("语 音 转 ", None), ("写 ", "missing"), ("与 ", "wrong")]
 
 
-def test_ranking_orders_by_cer_then_latency_and_puts_failures_last():
+def test_ranking_orders_by_cer_then_latency_and_never_ranks_a_failure():
     results = [
         ModelResult("slow", "x", latency=2.0, rtf=1.0, cer=0.1),
         ModelResult("broken", error="ValueError: no"),
         ModelResult("fast", "x", latency=1.0, rtf=0.5, cer=0.1),
         ModelResult("best", "x", latency=3.0, rtf=1.5, cer=0.0),
     ]
-    assert [row[:2] for row in ranking(results)] == [[1, "best"], [2, "fast"], [3, "slow"], [4, "broken"]]
+    assert [row[:2] for row in ranking(results)] == [[1, "best"], [2, "fast"], [3, "slow"], [None, "broken"]]
     assert ranking(results)[0] == [1, "best", 0.0, 3.0, 1.5]
-    assert ranking(results)[3] == [4, "broken", None, None, None]
+    assert ranking(results)[3] == [None, "broken", None, None, None]  # listed, not ranked
     unscored = [ModelResult("b", "x", latency=2.0, rtf=1.0), ModelResult("a", "x", latency=1.0, rtf=0.5)]
     assert ranking(unscored) == [[1, "a", None, 1.0, 0.5], [2, "b", None, 2.0, 1.0]]
 

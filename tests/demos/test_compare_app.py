@@ -25,6 +25,7 @@ def test_read_input_says_what_is_wrong_with_bad_audio(tmp_path):
     (tmp_path / "notes.txt").write_text("not audio")
     waveform, message = read_input(str(tmp_path / "notes.txt"), 16000, 30.0)
     assert waveform is None and "**notes.txt** cannot be used" in message and str(tmp_path) not in message
+    assert message.endswith(".") and ".." not in message  # soundfile's reason ends with a period of its own
     soundfile.write(tmp_path / "empty.wav", np.zeros(0, np.float32), 16000)
     assert "empty" in read_input(str(tmp_path / "empty.wav"), 16000, 30.0)[1]
     waveform, message = read_input(str(_wav(tmp_path / "long.wav", 31.0, 8000)), 16000, 30.0)

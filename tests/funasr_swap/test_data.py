@@ -62,9 +62,9 @@ def test_loads_a_manifest_resolving_audio_against_its_folder(corpus, tmp_path, m
     assert manifest.skipped == [] and manifest.path == manifest_path
     assert a == Utterance(corpus / "clips" / "a.wav", "the red cat", "en", 1.0, None)
     assert a_again == a  # unknown keys are ignored; the blank line is skipped
-    assert b.duration == 0.75  # a given duration is kept; a missing one is read from the file
+    assert b.duration == 0.5  # the file's length, whatever the line's duration (0.75) says
     assert b.task == "language" and b.asr_task.language == "zh" and a.asr_task.language is None
-    assert manifest.durations == [1.0, 0.75, 1.0]
+    assert manifest.durations == [1.0, 0.5, 1.0]
 
 
 def test_absolute_and_parent_relative_audio_paths(corpus):
@@ -185,16 +185,34 @@ def test_the_speech_marker_is_refused_at_load_not_by_the_collator_mid_run(model_
 
 
 def test_a_clip_longer_than_max_seconds_is_a_bad_line(corpus):
-    path = write_manifest(corpus / "train.jsonl", [GOOD[1], GOOD[0]])  # 0.75 s (its duration), 1.0 s (its file)
+    path = write_manifest(corpus / "train.jsonl", [GOOD[1], GOOD[0]])  # 0.5 s (labelled 0.75 s), 1.0 s
     clip = corpus / "clips" / "a.wav"
-    expected = f"{path}:2: audio {clip} is 1.0 s long, longer than max_seconds=0.75 (CLI: --max-seconds)"
+    expected = f"{path}:2: audio {clip} is 1.0 s long, longer than max_seconds=0.75; split it"
     with pytest.raises(ValueError, match=re.escape(expected)):
         load_manifest(path, max_seconds=0.75)
     manifest = load_manifest(path, max_seconds=0.75, skip_bad=True)
-    assert [u.duration for u in manifest.utterances] == [0.75] and [n for n, _ in manifest.skipped] == [2]
-    assert load_manifest(path, max_seconds=1.0).durations == [0.75, 1.0]  # at the maximum: kept
-    with pytest.raises(ValueError, match="max_seconds must be a positive number of seconds or None, got 0"):
+    assert [u.duration for u in manifest.utterances] == [0.5] and [n for n, _ in manifest.skipped] == [2]
+    assert load_manifest(path, max_seconds=1.0).durations == [0.5, 1.0]  # at the maximum: kept
+    with pytest.raises(ValueError, match="max_seconds=0 must be a positive number of seconds or None"):
         load_manifest(path, max_seconds=0)
+
+
+
+@pytest.mark.parametrize("seconds", [40.0, 180.0])
+def test_a_mislabelled_duration_never_carries_a_long_clip_past_max_seconds(tmp_path, seconds):
+    """A 40 s clip labelled 2.0 s was scored; a 3-minute one crashed the model mid-run: the file's length counts."""
+    clip = write_wav(tmp_path / "clips" / "long.wav", seconds)
+    path = write_manifest(tmp_path / "m.jsonl", [{"audio": "clips/long.wav", "text": "x", "duration": 2.0}])
+    expected = f"{path}:1: audio {clip} is {seconds:.1f} s long, longer than max_seconds=30; split it"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        load_manifest(path, max_seconds=30)
+    assert load_manifest(path).durations == [seconds]
+
+
+def test_a_folder_given_as_audio_is_named_as_one(corpus):
+    path = write_manifest(corpus / "m.jsonl", [{"audio": "clips", "text": "x"}])
+    with pytest.raises(ValueError, match=re.escape(f"{path}:1: audio clips is a folder, not an audio file")):
+        load_manifest(path)
 
 
 # --- bucket_batches ----------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -330,7 +331,7 @@ def test_audio_longer_than_the_encoder_covers_is_refused_before_any_work(tmp_pat
     first = utterances["train"][0]
     too_long = dataclasses.replace(first, duration=130.0)  # a manifest's duration is trusted
     config = TrainConfig(output_dir=tmp_path / "run", max_steps=1, eval_every=0, save_every=0)
-    expected = rf"{first.audio}: 130.0 s of audio, longer than the 122.9 s .*--max-seconds"
+    expected = rf"{first.audio}: 130.0 s of audio, longer than the 122.9 s .*max_seconds of load_manifest"
     for train_data, valid_data in (([*utterances["train"], too_long], None), (utterances["train"], [too_long])):
         with pytest.raises(ValueError, match=expected):
             train(model, processor, train_data, valid_data, config)
@@ -419,16 +420,18 @@ def test_audio_caches_leave_the_run_unchanged(short_run, utterances, tmp_path, c
 
 
 def test_audio_cache_settings_are_checked(tmp_path):
-    with pytest.raises(ValueError, match="audio_cache must be one of none, features, encoder, got 'fbank'"):
-        TrainConfig(output_dir=tmp_path, audio_cache="fbank")
-    with pytest.raises(ValueError, match="needs it frozen"):
-        TrainConfig(output_dir=tmp_path, audio_cache="encoder", unfreeze_encoder=True)
-    with pytest.raises(ValueError, match="needs num_workers 0.*got 2"):
-        TrainConfig(output_dir=tmp_path, audio_cache="features", num_workers=2)
-    with pytest.raises(ValueError, match="dither 1.0 with audio_cache 'encoder'"):
-        TrainConfig(output_dir=tmp_path, audio_cache="encoder", dither=1.0)
-    with pytest.raises(ValueError, match="dither must be >= 0"):
-        TrainConfig(output_dir=tmp_path, dither=-1.0)
+    """Named as a Python caller spells them (the CLI names its flags: tests/funasr_swap/test_cli_bad_inputs.py)."""
+    cases = [
+        ({"audio_cache": "fbank"}, "TrainConfig.audio_cache='fbank': choose one of none, features, encoder"),
+        ({"audio_cache": "encoder", "unfreeze_encoder": True}, "needs the encoder frozen, not TrainConfig.unfreeze_"),
+        ({"audio_cache": "features", "num_workers": 2}, "needs 0 DataLoader workers (each would keep its own cache), "
+         "not TrainConfig.num_workers=2"),
+        ({"audio_cache": "encoder", "dither": 1.0}, "it needs no audio cache, not TrainConfig.audio_cache='encoder'"),
+        ({"dither": -1.0}, "TrainConfig.dither=-1 must be >= 0"),
+    ]  # fmt: skip
+    for settings, message in cases:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            TrainConfig(output_dir=tmp_path, **settings)
 
 
 def test_run_trains_only_the_adaptor(short_run):
@@ -662,11 +665,11 @@ def test_cli_train_then_eval(model_folder, corpus, tmp_path):
     assert f"trained 2 steps; model saved to {out / 'final'}" in result.output
     assert [r["step"] for r in _log(out) if "valid/cer" in r] == [2]  # evaluated at the end
 
-    again = CliRunner().invoke(app, args)  # the same folder without --resume: refused, one line after loading
+    again = CliRunner().invoke(app, args)  # the same folder without --resume: refused, one line before loading
     assert again.exit_code == 1 and "Traceback" not in again.output
-    assert again.output.strip().splitlines()[-1] == (
-        f"error: {out} holds checkpoint-2: resume it (resume=True, CLI --resume), or use another output_dir"
-    )
+    assert again.output.strip().splitlines() == [
+        f"error: -o/--output {out} holds checkpoint-2: pass --resume to continue it, or choose another folder"
+    ]
     resumed = CliRunner().invoke(app, [*args, "--resume"])  # nothing left to do: the final folder again
     assert resumed.exit_code == 0, resumed.output
     assert [r["step"] for r in _log(out) if "loss" in r] == [1, 2]

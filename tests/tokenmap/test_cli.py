@@ -127,6 +127,16 @@ def q2l_map(tmp_path_factory):
     return path
 
 
+
+@pytest.mark.parametrize("content", ["", "\n  \n"])
+def test_an_empty_manifest_fails_as_eval_does_and_writes_nothing(q2l_map, tmp_path, content):
+    manifest = tmp_path / "empty.jsonl"
+    manifest.write_text(content)
+    result = invoke("convert", str(q2l_map), "--manifest", str(manifest), "-o", str(tmp_path / "out.jsonl"))
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip() == f"error: {manifest}: no lines to convert (the manifest is empty or blank)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.jsonl"]
+
 def test_build_and_convert_ids_and_manifest(tmp_path):
     map_file = tmp_path / "q2l.safetensors"
     result = invoke("build", "qwen3", "llama3", "-o", str(map_file))

@@ -60,3 +60,38 @@ def export(edge_sources, tmp_path_factory):
 def test_clips(quick_world) -> list[Path]:
     manifest = held_out_manifest(quick_world)
     return [manifest.parent / json.loads(line)["audio"] for line in manifest.read_text().splitlines()]
+
+
+def write_audio_onnx(path: Path, width: int | str, features: int = 560) -> Path:
+    """An audio.onnx of another model: the export's inputs, rows `width` wide out of one linear map (a name for
+    `width` makes it a dynamic axis, which only the rows themselves tell)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    size = 128 if isinstance(width, str) else width
+    weight = numpy_helper.from_array(np.random.default_rng(0).normal(0, 0.01, (features, size)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input_features", "w"], ["audio_embeds"])],
+        "audio",
+        [
+            helper.make_tensor_value_info("input_features", TensorProto.FLOAT, ["batch", "frames", features]),
+            helper.make_tensor_value_info("input_features_mask", TensorProto.INT32, ["batch", "frames"]),
+        ],
+        [helper.make_tensor_value_info("audio_embeds", TensorProto.FLOAT, ["batch", "frames", width])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # what the installed onnxruntime reads
+    onnx.save(model, path)
+    return path
+
+
+def copy_export(export: Path, folder: Path, **edge_json) -> Path:
+    """A copy of `export` in `folder` with `edge_json`'s fields replaced in its edge.json."""
+    import shutil
+
+    shutil.copytree(export, folder)
+    path = folder / "edge.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **edge_json}))
+    return folder

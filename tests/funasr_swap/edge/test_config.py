@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -53,4 +54,41 @@ def test_not_an_export_another_version_or_a_broken_file_are_named(tmp_path):
         read_edge_config(tmp_path)
     path.write_text("{")
     with pytest.raises(ValueError, match=f"{path}: not a valid {EDGE_CONFIG}"):
+        read_edge_config(tmp_path)
+
+
+def features(**change):
+    """An edit of edge.json: its `features` with `change` (None: the field left out)."""
+    return lambda raw: {"features": {k: v for k, v in {**raw["features"], **change}.items() if v is not None}}
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda raw: {"stop_ids": 151645}, "stop_ids must be a list of integers, got 151645"),
+        (lambda raw: {"stop_ids": ["151645"]}, "stop_ids[0] must be an integer, got '151645'"),
+        (lambda raw: {"stop_ids": []}, "stop_ids must name at least one token id, got []"),
+        (lambda raw: {"hidden_size": "64"}, "hidden_size must be an integer, got '64'"),
+        (lambda raw: {"hidden_size": True}, "hidden_size must be an integer, got True"),
+        (lambda raw: {"hidden_size": 0}, "hidden_size must be a positive number, got 0"),
+        (lambda raw: {"audio_embedding_scale": "8"}, "audio_embedding_scale must be a number, got '8'"),
+        (lambda raw: {"languages": ["en"]}, "languages must be an object, got ['en']"),
+        (features(sampling_rate="16000"), "features.sampling_rate must be an integer, got '16000'"),
+        (features(sampling_rate=16000.0), "features.sampling_rate must be an integer, got 16000.0"),
+        (features(sampling_rate=0), "features.sampling_rate must be positive, got 0"),
+        (features(lfr_n=-6), "features.lfr_n must be positive, got -6"),
+        (features(sampling_rate=None, rate=16000), "features: fields missing: none, unknown: ['rate']"),
+        (
+            lambda raw: {"prompts": [{**raw["prompts"][0], "before": [1, None]}, *raw["prompts"][1:]]},
+            "prompts[0].before[1] must be an integer, got None",
+        ),
+        (lambda raw: {"prompts": raw["prompts"][1:]}, "prompts have none for language None with itn True"),
+    ],
+)
+def test_a_field_of_the_wrong_type_or_value_is_named(tmp_path, edit, message):
+    """The runtime hands these to llama.cpp and onnxruntime, which do not check them: a wrong one is one line here."""
+    path = config().write(tmp_path)
+    raw = json.loads(path.read_text())
+    path.write_text(json.dumps({**raw, **edit(raw)}))
+    with pytest.raises(ValueError, match=re.escape(f"{path}: not a valid {EDGE_CONFIG} ({message})")):
         read_edge_config(tmp_path)
