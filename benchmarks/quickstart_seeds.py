@@ -20,7 +20,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from environment import device_info  # benchmarks/environment.py: the scripts ru
 from funasr_swap.miniature import TARGET_CER, MiniatureConfig, cached_run, read_index, run_quickstart
 from funasr_swap.miniature.config import DEFAULT_FAMILIES
 from funasr_swap.miniature.quickstart import available_cores
+from funasr_swap.miniature.report import build_environment
 
 UNSEEN_UTTERANCES = 200  # as many as a world's test split
 
@@ -52,21 +52,6 @@ def build_world(folder: Path, seed: int, threads: int, overrides: dict, families
     """One world, in this process (what each child runs)."""
     config = dataclasses.replace(MiniatureConfig(), seed=seed, **overrides)
     run_quickstart(folder, families, config, threads=threads)
-
-
-def cpu_model() -> str:
-    """The processor's model name (/proc/cpuinfo), else what `platform` knows."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def espeak_version() -> str:
-    result = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True)
-    return result.stdout.strip()
 
 
 def score_unseen(world: Path, corpus: Path) -> dict[str, float]:
@@ -117,9 +102,9 @@ def markdown(record: dict) -> str:
         "",
         f"`{record['command']}`",
         "",
-        f"Machine: {env['cpu_model']}, {record['threads']} torch threads per world, {record['parallel']} world(s) "
-        f"at a time; torch {env['torch']}, transformers {env['transformers']}, {env['espeak_ng']}. Unseen corpus: "
-        f"{UNSEEN_UTTERANCES} utterances spoken with synthesis seed {record['unseen_seed']}.",
+        f"Machine: {env['cpu']}, {record['threads']} torch threads per world, {record['parallel']} world(s) "
+        f"at a time; torch {env['torch']}, transformers {env['transformers']}, espeak-ng {env['espeak-ng']}. "
+        f"Unseen corpus: {UNSEEN_UTTERANCES} utterances spoken with synthesis seed {record['unseen_seed']}.",
         "",
         f"| model | test CER mean | min-max | median | unseen-corpus CER mean | min-max | steps to valid CER < "
         f"{TARGET_CER:.0%} |",
@@ -200,7 +185,7 @@ def main() -> None:
     del config["seed"]
     record = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "environment": {**device_info("cpu"), "cpu_model": cpu_model(), "espeak_ng": espeak_version()},
+        "environment": {**device_info("cpu"), **build_environment(args.threads)},
         "threads": args.threads, "parallel": args.parallel, "unseen_seed": args.unseen_seed, "config": config,
         "worlds": worlds, "summary": summary(worlds),
     }  # fmt: skip

@@ -23,7 +23,7 @@ import torch
 from funasr_swap.base import BASE_LLM
 from funasr_swap.miniature.config import DEFAULT_FAMILIES, FAMILY_LLMS, QUICK, MiniatureConfig, resolve_families
 from funasr_swap.miniature.copy_task import pretrain_llm
-from funasr_swap.miniature.report import write_report
+from funasr_swap.miniature.report import build_environment, write_report
 from funasr_swap.miniature.runs import RESULT_FILE, RunResult, in_worker, load_corpus, train_base, train_swap
 from tokenmap.io import atomic_write_lines
 
@@ -301,7 +301,7 @@ def run_quickstart(
             log(f"[quickstart] {run.name}: valid CER {run.start_cer:.1%} at step 0, test {run.test_cer:.1%}")
     timed("swaps", f"swaps-{_key(config, SWAP_FIELDS, *families, *config.adaptor_inits)}", began, not swaps_cached)
 
-    report = write_report(output, config, data, [run for run, _ in runs], timings)
+    report = write_report(output, config, data, [run for run, _ in runs], timings, build_environment(threads))
     _write_index(output, runs)  # last: the index lists finished models only
     log(f"[quickstart] report: {report}")
     return report

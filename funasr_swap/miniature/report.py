@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import platform
+import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,7 +17,7 @@ from tokenmap.io import atomic_write_bytes, atomic_write_lines
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["INIT_CHOICE", "cer_figure", "plot_cer", "write_report"]
+__all__ = ["INIT_CHOICE", "build_environment", "cer_figure", "plot_cer", "write_report"]
 
 # Why the default quickstart trains each family's swap with the bridge adaptor: measured with `--compare-init`
 # (benchmarks/results/quickstart_report_compare_init_long.md: int16-scale features, base 2,000 steps, swaps 1,000).
@@ -28,10 +30,30 @@ INIT_CHOICE = (
 )
 
 
+def build_environment(threads: int) -> dict[str, str | int]:
+    """What a world's numbers depend on besides its settings: the libraries whose arithmetic and voices it uses,
+    the processor (its kernels round differently) and the torch threads of the build."""
+    import torch
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                    if line.startswith("model name")), cpu)  # fmt: skip
+    espeak = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True).stdout
+    return {
+        "torch": torch.__version__, "transformers": transformers.__version__,
+        "espeak-ng": espeak.split("Data at")[0].split(":")[-1].strip(), "cpu": cpu, "threads": threads,
+    }  # fmt: skip
+
+
 def write_report(
-    output: Path, config: MiniatureConfig, data: dict[str, list], runs: list[RunResult], timings: dict[str, float]
-) -> Path:
-    """REPORT.md in `output` (corpus, one row per run, bridge vs fresh when both ran, stage times) and cer.png."""
+    output: Path, config: MiniatureConfig, data: dict[str, list], runs: list[RunResult], timings: dict[str, float],
+    environment: dict[str, str | int],
+) -> Path:  # fmt: skip
+    """REPORT.md in `output` (corpus, one row per run, bridge vs fresh when both ran, stage times, what the numbers
+    were made with: `build_environment` and the settings, seed included) and cer.png."""
     hours = sum(u.duration for u in data["train"]) / 3600
     lines = [
         "# The miniature world (funasr-swap quickstart)",
@@ -60,6 +82,8 @@ def write_report(
     lines += ["", "| stage | seconds to build |", "|---|---|"]
     lines += [f"| {stage} | {seconds:.0f} |" for stage, seconds in timings.items()]  # as built, cached or not
     lines += [f"| total | {sum(timings.values()):.0f} |", "", "![validation CER](cer.png)", ""]
+    made_with = ", ".join(f"{name} {value}" for name, value in environment.items())
+    lines += [f"Made with: {made_with}; seed {config.seed}.", ""]
     lines += ["Settings: `" + json.dumps(dataclasses.asdict(config)) + "`"]
     plot_cer(runs, output / "cer.png")
     return atomic_write_lines(output / "REPORT.md", lines)
