@@ -14,8 +14,8 @@ if TYPE_CHECKING:
     from playwright.sync_api import Page
 
 __all__ = [
-    "CHROMIUM", "chromium_page", "clear_audio", "open_demo", "pick_example", "record", "run_comparison", "transcripts",
-    "upload",
+    "CHROMIUM", "chromium_page", "clear_audio", "distinct_glyphs", "open_demo", "pick_example", "record",
+    "run_comparison", "transcripts", "upload",
 ]  # fmt: skip
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package `chromium`
@@ -99,6 +99,30 @@ def record(page: Page, seconds: float) -> None:
     page.wait_for_timeout(seconds * 1000)
     audio.locator(".stop-button").click()
     audio.get_by_label("Play", exact=True).wait_for()
+
+
+def distinct_glyphs(page: Page, selector: str, text: str) -> int:
+    """How many different drawings the distinct characters of `text` get in the font of the (first) element
+    `selector` (its family list and weight, with the browser's fallback). Each character is drawn alone on a canvas and
+    the pixels compared: a font that has the characters draws each differently, while a browser without one draws
+    every one as the same missing-glyph box ("tofu"), which gives 1."""
+    return page.locator(selector).first.evaluate(
+        """(element, text) => {
+            const style = getComputedStyle(element);
+            const canvas = document.createElement("canvas");
+            canvas.width = canvas.height = 64;
+            const context = canvas.getContext("2d", {willReadFrequently: true});
+            const drawings = new Set();
+            for (const character of new Set(text)) {
+                context.clearRect(0, 0, 64, 64);
+                context.font = `${style.fontStyle} ${style.fontWeight} 32px ${style.fontFamily}`;
+                context.fillText(character, 8, 48);
+                drawings.add(context.getImageData(0, 0, 64, 64).data.join(","));
+            }
+            return drawings.size;
+        }""",
+        text,
+    )
 
 
 def upload(page: Page, path: str | os.PathLike) -> None:

@@ -97,7 +97,7 @@ from tokenmap.io import atomic_folder, atomic_write_bytes, atomic_write_lines
 from tokenmap.prompt import IGNORE_INDEX
 
 if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+    from funasr_swap.figures import Figure
 
 __all__ = [
     "BatchPlan",
@@ -714,7 +714,7 @@ def read_history(path: str | os.PathLike, up_to_step: int | None = None) -> list
 
 def history_figure(records: Sequence[dict]) -> Figure:
     """Training and validation loss, and validation CER, against the step (`read_history`'s records)."""
-    from matplotlib.figure import Figure  # not pyplot, which would switch a notebook's backend to Agg
+    from funasr_swap.figures import Figure  # an image in a notebook (matplotlib's, never pyplot's)
 
     train = [r for r in records if "loss" in r]
     valid = [r for r in records if "valid/loss" in r or "valid/cer" in r]

@@ -4,9 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# espeak-ng: speech for the miniature corpus; libsndfile1: audio files; chromium: the demo's browser test (Playwright
-# drives this system browser through executable_path: no browser download)
-APT_PACKAGES="espeak-ng libsndfile1 chromium"
+# espeak-ng: speech for the miniature corpus; libsndfile1: audio files; chromium: the browser tests of the demo and
+# the notebooks (Playwright drives this system browser through executable_path: no browser download);
+# fonts-noto-cjk: Chinese glyphs in that browser (without a CJK font it draws every Chinese character as a box)
+APT_PACKAGES="espeak-ng libsndfile1 chromium fonts-noto-cjk"
 if command -v apt-get >/dev/null && ! dpkg -s $APT_PACKAGES >/dev/null 2>&1; then
     SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
     $SUDO apt-get update -qq

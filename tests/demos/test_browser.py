@@ -7,8 +7,11 @@ import pytest
 import soundfile
 from playwright.sync_api import expect
 
-from demos.browser import CHROMIUM, chromium_page, clear_audio, open_demo, pick_example, record, run_comparison
+from demos.browser import (
+    CHROMIUM, chromium_page, clear_audio, distinct_glyphs, open_demo, pick_example, record, run_comparison,
+)  # fmt: skip
 from demos.browser import upload as upload_file
+from funasr_swap.synth import sentences
 
 pytestmark = [
     pytest.mark.slow,
@@ -43,6 +46,14 @@ def test_a_person_compares_an_example_and_is_told_a_file_is_too_large(
         page.get_by_text("exceed the maximum allowed size").wait_for()
         page.screenshot(path=tmp_path / "too-large.png")
 
+        # a Chinese transcript (as the corpus builder writes Mandarin) is drawn, not boxes: needs a CJK font
+        chinese, reference = sentences("zh", 1, seed=0)[0], page.locator("#reference textarea")
+        reference.fill(chinese)
+        reference.screenshot(path=tmp_path / "chinese.png")
+        assert distinct_glyphs(page, "#reference textarea", chinese) == len(set(chinese)), (
+            "Chinese drawn as boxes: install a CJK font (fonts-noto-cjk; scripts/setup.sh does)"
+        )
+
         page.get_by_role("tab", name="Prompts").click()
         placeholder = world_models[0].processor.audio_token
         page.locator(".tok-speech", has_text=placeholder).first.wait_for()
@@ -64,3 +75,13 @@ def test_a_person_records_from_the_microphone_and_compares(demo_server, demo_con
     assert all("latency" in s and "CER" not in s for s in stats), stats
     assert all(isinstance(text, str) for text in shown)
     assert set(demo_config.temp_dir.rglob("*.wav")) - before  # the recording was uploaded into the temp folder
+
+
+def test_distinct_glyphs_tells_drawn_characters_from_boxes():
+    chinese = sentences("zh", 1, seed=0)[0]
+    private_use = "".join(map(chr, range(0xE000, 0xE008)))  # no font draws these: every one is the same box
+    with chromium_page() as page:
+        page.set_content('<p id="text" style="font-family: sans-serif">text</p>')
+        assert distinct_glyphs(page, "#text", "abcdef") == 6
+        assert distinct_glyphs(page, "#text", private_use) == 1
+        assert distinct_glyphs(page, "#text", chinese) == len(set(chinese))  # a CJK font is installed

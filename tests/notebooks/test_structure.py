@@ -4,12 +4,16 @@ outputs from a run on the full world (nbval re-executes them on the quick world:
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 NOTEBOOKS = sorted((Path(__file__).parents[2] / "notebooks").glob("*.ipynb"))
 CHECK = "# NBVAL_CHECK_OUTPUT"
+# a cell that draws: it builds a figure (funasr_swap.figures.Figure), shows the live training plot or calls a helper
+# that returns a figure (`history_figure`, `cer_figure`)
+PLOTS = re.compile(r"\bFigure\(|LiveTrainingPlot\(|\w_figure\(")
 
 
 def cells(path: Path) -> list[dict]:
@@ -56,3 +60,27 @@ def test_committed_outputs_come_from_a_full_world_run(path):
     assert not any(o["output_type"] == "error" for c in code for o in c["outputs"])
     world = next(text(c) for c in code if "open_world(" in source(c))
     assert "runs/quickstart" in world and "runs/quick/" not in world
+
+
+def figures_not_shown_as_images(path: Path) -> list[int]:
+    """The cells of the notebook at `path` (numbered as JupyterLab and issue 27 count them, markdown too) that show
+    a figure as text alone (matplotlib's `<Figure size 1100x600 with 3 Axes>`, what a Figure shows before the inline
+    backend is active) or that draw (`PLOTS`) and hold no PNG."""
+    numbered = enumerate(json.loads(path.read_text())["cells"])
+    code = {i: c for i, c in numbered if c["cell_type"] == "code"}
+    plotting = [i for i, c in code.items() if PLOTS.search(source(c))]
+    assert plotting, f"no plotting cell in {path.name}: is PLOTS out of date?"  # every notebook draws something
+    as_text = [i for i, c in code.items() for o in c["outputs"]
+               if "".join(o.get("data", {}).get("text/plain", "")).startswith("<Figure size")
+               and "image/png" not in o["data"]]  # fmt: skip
+    without_image = [i for i in plotting if not any("image/png" in o.get("data", {}) for o in code[i]["outputs"])]
+    return sorted(set(as_text + without_image))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_figure_is_committed_as_an_image(path):
+    """Each plotting cell's committed outputs hold a PNG and no figure is there as text alone.
+
+    EXPECTED TO FAIL on 00, 01, 03 and 04 until their outputs are regenerated on the full world (issue 27): they
+    were committed before `funasr_swap.figures`. Left failing on purpose, not xfail: regenerate, don't mark."""
+    assert figures_not_shown_as_images(path) == [], "these cells show a figure as text, not as an image"
