@@ -114,7 +114,7 @@ def _bridge_vs_fresh(runs: list[RunResult]) -> list[str]:
 
 def cer_figure(runs: list[RunResult]) -> Figure:
     """Validation CER against step: the base on the left, the swaps (fresh dashed) on the right."""
-    from matplotlib.figure import Figure  # not pyplot, which would switch a notebook's backend to Agg
+    from funasr_swap.figures import Figure  # not pyplot (a notebook backend switch); a PNG in any notebook
 
     fig = Figure(figsize=(11, 4), layout="tight")
     ax_base, ax_swap = fig.subplots(1, 2)
