@@ -57,10 +57,10 @@ def assert_log_mels_close(ours, expected, num_mel_bins: int = 80, fft_size: int 
     if np.all(excess <= 1.0):
         return
     frame, mel = np.unravel_index(np.argmax(excess), excess.shape)
-    total = energy_expected[frame].sum()
+    ours_value, expected_value = np.log(energy_ours[frame, mel]), np.log(energy_expected[frame, mel])
+    share = energy_expected[frame, mel] / energy_expected[frame].sum()
     raise AssertionError(
         f"{err_msg}: {int((excess > 1.0).sum())} / {excess.size} log-mel values beyond float32 rounding; the worst, "
-        f"fbank frame {frame} mel {mel}: {np.log(energy_ours[frame, mel]):.6f} vs {np.log(energy_expected[frame, mel]):.6f} "
-        f"expected, energy {energy_expected[frame, mel] / total:.1e} of its frame's total, difference {excess.max():.1f}x "
-        f"the bound"
+        f"fbank frame {frame} mel {mel}: {ours_value:.6f} vs {expected_value:.6f} expected, energy {share:.1e} of its "
+        f"frame's total, {excess.max():.1f}x the bound"
     )

@@ -10,7 +10,6 @@ from funasr_swap.edge.features import FeatureSettings, fbank, lfr_stack, num_lfr
 from funasr_swap.features import batch_features, kaldi_fbank, load_feature_extractor
 from funasr_swap.features import lfr_stack as torch_lfr_stack
 from funasr_swap.features import num_lfr_frames as torch_num_lfr_frames
-
 from tests.tolerances import assert_log_mels_close
 
 # numpy's pocketfft and matrix product round otherwise than torch's (1.6e-4 in log-mel measured on speech-level
