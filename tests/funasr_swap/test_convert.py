@@ -199,6 +199,8 @@ def inputs(source):
 
 
 def logits(model: FunAsrNanoForConditionalGeneration, inputs) -> torch.Tensor:
+    """The model's logits on `inputs`. A conversion copies weights: the converted model and its source run the same
+    weights through the same kernels in this process, so their logits are compared bit for bit, on any machine."""
     with torch.no_grad():
         return model(**inputs).logits
 

@@ -115,10 +115,12 @@ def test_text_only_logits_equal_the_targets_own_causal_lm(target: str):
     with torch.no_grad():
         ours = result.model(input_ids=ids).logits
         theirs = llm(input_ids=ids).logits
-    # rows of added markers differ (mean-initialised); compare every other column
+    # rows of added markers differ (mean-initialised); compare every other column. The same weights through the same
+    # layers, the same lm_head and (Gemma-2) the same soft-capping arithmetic, in this process: equal bit for bit on
+    # any machine, so a step the swap loses or adds shows however small it is.
     keep = torch.ones(theirs.shape[-1], dtype=torch.bool)
     keep[result.report.added_token_ids] = False
-    torch.testing.assert_close(ours[..., keep], theirs[..., keep], rtol=1e-5, atol=1e-5)
+    assert torch.equal(ours[..., keep], theirs[..., keep])
 
 
 def test_gemma2_soft_capping_is_restored():
