@@ -6,7 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["DEFAULT_FAMILIES", "FAMILY_LLMS", "QUICK", "TARGET_CER", "MiniatureConfig", "resolve_families"]
+__all__ = [
+    "DEFAULT_FAMILIES", "FAMILY_LLMS", "FULL_WORLD_MINUTES", "QUICK", "TARGET_CER", "MiniatureConfig", "resolve_families",
+]  # fmt: skip
 
 # The target LLM of each family, keyed by its chat family (tokenmap.families): the plan's paths (Qwen3 wider, on
 # the base's own tokenizer; Llama-3.2; Gemma-2; DeepSeek-V2-Lite, an MoE with MLA).
@@ -17,13 +19,16 @@ FAMILY_LLMS = {
 # when asked for (`--families`, or a notebook that needs it).
 DEFAULT_FAMILIES = ("llama3", "gemma2", "deepseek-v2")
 TARGET_CER = 0.15
+# How long the default world takes from nothing on 2 quiet CPU cores (benchmarks/results/quickstart_seeds.md): the one
+# figure the README, the CLI's help and the notebooks (through `open_world`'s message) give.
+FULL_WORLD_MINUTES = 16
 AdaptorInit = Literal["bridge", "fresh"]
 
 
 @dataclass(frozen=True)
 class MiniatureConfig:
-    """Sizes, steps and rates of the miniature world (defaults: the quickstart, 12 min 38 s and 1,475 CPU seconds on
-    a quiet 2-core machine; benchmarks/results/quickstart_report.md)."""
+    """Sizes, steps and rates of the miniature world (defaults: the quickstart, chosen over seeds 0-2; seed 0 took
+    15 min 46 s and 1,699 CPU seconds on 2 cores, benchmarks/results/quickstart_seeds.md)."""
 
     utterances: int = 4000  # English clips; 5% valid, 5% test
     valid_utterances: int = 50  # of the valid split, scored during training (test: the whole split, at the end)
@@ -42,7 +47,7 @@ class MiniatureConfig:
     lm_steps: int = 1600
     lm_batch_size: int = 64
     lm_lr: float = 6e-3
-    base_steps: int = 1600  # 5.5% test CER (with encoder dropout 0.1: 6.4-6.8%, and 3.2% at 2,000 steps)
+    base_steps: int = 1600  # test CER over seeds 0-2: benchmarks/results/quickstart_seeds.md
     base_lr: float = 2e-3
     base_eval_every: int = 400
     # `adaptor_ctc_loss` beside the LLM's loss in the base's joint training: it pulls the adaptor's frames onto the

@@ -21,7 +21,14 @@ from pathlib import Path
 import torch
 
 from funasr_swap.base import BASE_LLM
-from funasr_swap.miniature.config import DEFAULT_FAMILIES, FAMILY_LLMS, QUICK, MiniatureConfig, resolve_families
+from funasr_swap.miniature.config import (
+    DEFAULT_FAMILIES,
+    FAMILY_LLMS,
+    FULL_WORLD_MINUTES,
+    QUICK,
+    MiniatureConfig,
+    resolve_families,
+)
 from funasr_swap.miniature.copy_task import pretrain_llm
 from funasr_swap.miniature.report import build_environment, write_report
 from funasr_swap.miniature.runs import RESULT_FILE, RunResult, in_worker, load_corpus, train_base, train_swap
@@ -121,10 +128,11 @@ def held_out_manifest(output: str | os.PathLike = DEFAULT_OUTPUT) -> Path:
 
 
 # The worlds notebooks and the demo open by name: the quickstart's (`funasr-swap quickstart`, whose default output
-# folder it shares) and the minute-long one CI runs them on (`--quick`). Folder names under a runs folder.
-NAMED_WORLDS: dict[str, tuple[str, MiniatureConfig]] = {
-    "full": ("quickstart", MiniatureConfig()),
-    "quick": ("quick", QUICK),
+# folder it shares) and the minute-long one CI runs them on (`--quick`): folder names under a runs folder, settings,
+# and what building one from nothing takes on 2 CPU cores.
+NAMED_WORLDS: dict[str, tuple[str, MiniatureConfig, str]] = {
+    "full": ("quickstart", MiniatureConfig(), f"about {FULL_WORLD_MINUTES} minutes"),
+    "quick": ("quick", QUICK, "about a minute"),
 }
 
 
@@ -166,14 +174,15 @@ def open_world(
     listed stay listed), and `log` says so. What the notebooks open the world with."""
     if name not in NAMED_WORLDS:
         raise KeyError(f"unknown world {name!r}; choose from {', '.join(NAMED_WORLDS)}")
-    folder, config = NAMED_WORLDS[name]
+    folder, config, duration = NAMED_WORLDS[name]
     output, config = Path(runs) / folder, replace(config, compare_init=compare_init)
     wanted = resolve_families(families)
     index = read_index(output) if (output / INDEX_FILE).is_file() else []
     built = {(m.family, m.init) for m in index if m.init != "joint"}
     missing = [f"{f} {init}" for f in wanted for init in config.adaptor_inits if (f, init) not in built]
     if missing or not index:
-        log(f"[world] building {', '.join(missing)} in {output}" + ("" if index else " (a new world)"))
+        new = f" (a new world: {duration} on 2 CPU cores)"
+        log(f"[world] building {', '.join(missing)} in {output}" + ("" if index else new))
         families = list(dict.fromkeys([m.family for m in index if m.init != "joint"] + wanted))
         compare_init = compare_init or len({m.init for m in index} - {"joint"}) > 1
         run_quickstart(output, families, replace(config, compare_init=compare_init), log=log)
