@@ -21,8 +21,9 @@ included for the same seed (measured on the GPU machine, torch 2.11). The fixtur
 made by benchmarks/gpu/make_fbank_fixture.py) are matched exactly by torch 2.13 on this project's CPU machine; other
 builds and CPUs round FFT/matmul sums differently, by a few float32 epsilons of each frame's total energy, which in
 the log of a bin many decades below the frame's loudest becomes 1e-3 or more (1.6e-3 under MKL's AVX2 kernels, as on
-an AMD EPYC; CUDA 1.1e-3): tests bound energies relative to the frame's (tests/tolerances.py). The scale is a power of two, so the scaled waveform is exact. kaldi-native-fbank (the C++ Kaldi
-port) was measured too and differs from torchaudio by up to 7e-4.
+an AMD EPYC; CUDA 1.1e-3): tests bound energies relative to the frame's (tests/tolerances.py). The scale is a power
+of two, so the scaled waveform is exact. kaldi-native-fbank (the C++ Kaldi port) was measured too and differs from
+torchaudio by up to 7e-4.
 
 Both functions take a batch: `batch_features(extractor, waveforms, device)` computes a whole batch of padded
 waveforms in one set of tensor ops on any device (the GPU for transcription), and returns what `extractor(waveforms)`

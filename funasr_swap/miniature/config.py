@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 __all__ = [
-    "DEFAULT_FAMILIES", "FAMILY_LLMS", "FULL_WORLD_MINUTES", "QUICK", "TARGET_CER", "MiniatureConfig", "resolve_families",
+    "DEFAULT_FAMILIES", "FAMILY_LLMS", "FULL_WORLD_MINUTES", "QUICK", "TARGET_CER", "MiniatureConfig",
+    "resolve_families",
 ]  # fmt: skip
 
 # The target LLM of each family, keyed by its chat family (tokenmap.families): the plan's paths (Qwen3 wider, on

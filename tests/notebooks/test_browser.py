@@ -118,9 +118,9 @@ def lab(quick_world, tmp_path_factory) -> Iterator[Lab]:
             try:
                 found._api("GET", "status")
                 break
-            except OSError:
+            except OSError as error:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"jupyter lab not answering on port {port}: see {home / 'server.log'}")
+                    raise TimeoutError(f"jupyter lab not answering on port {port}: see {home / 'server.log'}") from error
                 time.sleep(0.5)
         yield found
     finally:
