@@ -8,7 +8,14 @@ import soundfile
 from playwright.sync_api import expect
 
 from demos.browser import (
-    CHROMIUM, chromium_page, clear_audio, distinct_glyphs, open_demo, pick_example, record, run_comparison,
+    CHROMIUM,
+    chromium_page,
+    clear_audio,
+    distinct_glyphs,
+    open_demo,
+    pick_example,
+    record,
+    run_comparison,
 )  # fmt: skip
 from demos.browser import upload as upload_file
 from funasr_swap.synth import sentences

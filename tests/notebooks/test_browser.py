@@ -120,7 +120,8 @@ def lab(quick_world, tmp_path_factory) -> Iterator[Lab]:
                 break
             except OSError as error:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"jupyter lab not answering on port {port}: see {home / 'server.log'}") from error
+                    log = home / "server.log"
+                    raise TimeoutError(f"jupyter lab not answering on port {port}: see {log}") from error
                 time.sleep(0.5)
         yield found
     finally:
