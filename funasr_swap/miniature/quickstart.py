@@ -221,7 +221,8 @@ def run_quickstart(
     never changed by how fast another stage goes, so a rerun on the same machine gives the same numbers, busy or
     quiet (float rounding depends on the thread count):
 
-        LLMs    each tiny LLM pretrained in a worker of one thread, `threads` workers side by side
+        LLMs    each tiny LLM pretrained in a worker of one thread, all side by side (their lengths differ, the 128-wide
+                ones taking twice the 64-wide one's time: as many workers as LLMs keep the cores busy to the end)
         base    this process, `threads` threads (the critical path: nothing runs beside it)
         swaps   `jobs` workers side by side, `threads // jobs` threads each (at least one; on 2 cores three
                 one-thread workers finish sooner than two, then one), each writing its progress to a `log.txt`
@@ -267,7 +268,7 @@ def run_quickstart(
     for name in names:
         if name not in missing:
             log(f"[quickstart] pretrain {name}: cached in {llm_root / name}")
-    with ProcessPoolExecutor(min(threads, len(missing)) or 1, mp_context=spawn) as pool:
+    with ProcessPoolExecutor(len(missing) or 1, mp_context=spawn) as pool:
         pretraining = [
             pool.submit(in_worker, llm_root / f"{name}.log.txt", 1, _pretrain, name, llm_root / name, data, config)
             for name in missing
