@@ -241,7 +241,7 @@ def test_lora_targets_default_to_every_projection_of_the_llm(tmp_path, target):
 
 
 def test_lora_and_train_llm_exclude_each_other(tmp_path):
-    with pytest.raises(ValueError, match="lora and train_llm"):
+    with pytest.raises(ValueError, match=r"TrainConfig.lora and TrainConfig.train_llm=True both train the LLM"):
         TrainConfig(output_dir=tmp_path, lora=LoraSettings(), train_llm=True)
 
 
