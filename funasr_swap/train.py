@@ -298,10 +298,13 @@ def _layer_stacks(model: FunAsrNanoForConditionalGeneration) -> tuple[nn.ModuleL
 
 
 def compile_layers(model: FunAsrNanoForConditionalGeneration, enable: bool = True) -> None:
-    """torch.compile (in place, dynamic shapes) each layer of the encoder, the adaptor and the LLM, or with
-    `enable=False` undo it. Layer by layer: one graph per layer class, reused by every layer of it; length-bucketed
-    batches vary in shape, hence dynamic. The model's own code between the layers (embedding, masks, audio merge,
-    loss) stays eager."""
+    """torch.compile (in place) each layer of the encoder, the adaptor and the LLM, or with `enable=False` undo it.
+    Layer by layer: one graph per layer class, reused by every layer of it; length-bucketed batches vary in shape,
+    hence dynamic shapes on a GPU. On a CPU the shapes are static (a graph per batch shape): torch 2.13's vectorised
+    CPU code for this encoder's layers with dynamic shapes writes outside its buffers (glibc aborts with "free():
+    invalid pointer"; `tests/funasr_swap/compiled_worker.py` runs the layers under glibc's heap checks). The model's
+    own code between the layers (embedding, masks, audio merge, loss) stays eager."""
+    dynamic = next(model.parameters()).device.type != "cpu"
     if enable:
         # the layer classes share transformers' checkpointing wrapper (one code object): a recompilation per class
         # and call signature, beyond dynamo's default limit of 8, which would leave layers eager
@@ -310,7 +313,7 @@ def compile_layers(model: FunAsrNanoForConditionalGeneration, enable: bool = Tru
     for stack in _layer_stacks(model):
         for layer in stack:
             if enable:
-                layer.compile(dynamic=True)
+                layer.compile(dynamic=dynamic)
             else:
                 layer._compiled_call_impl = None
 
