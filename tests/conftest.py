@@ -72,18 +72,18 @@ def tiny_llama_folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def quick_world(tmp_path_factory):
-    """A `funasr-swap quickstart --quick` world with a swap into every family's target (Qwen3 too; about a minute
-    on 2 cores) built once per session; its folder. Tests read it, never write into it."""
+def quick_world():
+    """The quick world (`funasr-swap quickstart --quick`) with a swap into every family's target (Qwen3 too; about
+    a minute on 2 cores), built once per pytest run in $FUNASR_SWAP_RUNS (the root conftest.py makes that folder),
+    where the notebooks open it too; its folder. Tests read it, never write into it."""
+    import os
     import shutil
 
-    from funasr_swap.miniature import FAMILY_LLMS, QUICK, run_quickstart
+    from funasr_swap.miniature import FAMILY_LLMS, open_world
 
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed")
-    output = tmp_path_factory.mktemp("quick-world")
-    run_quickstart(output, list(FAMILY_LLMS), config=QUICK, log=lambda line: None)
-    return output
+    return open_world("quick", list(FAMILY_LLMS), runs=os.environ["FUNASR_SWAP_RUNS"], log=lambda line: None).output
 
 
 @pytest.fixture(scope="session")
