@@ -59,8 +59,12 @@ def _newest_last(folder):
 
 
 @pytest.mark.slow
-def test_quickstart_writes_report_index_and_reuses_its_cache(tmp_path_factory):
+def test_quickstart_writes_report_index_and_reuses_its_cache(quick_world, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("runs") / "quick"  # the quick world's folder, as open_world names it
+    # the session's quick world lends its corpus, base and pretrained LLMs (built from nothing there and in the
+    # determinism test below): this run builds the swaps, then reuses everything
+    for stage in [*quick_world.glob("corpus-*"), *quick_world.glob("base-*"), *quick_world.glob("llm-*")]:
+        shutil.copytree(stage, tmp_path / stage.name)
     command = ["quickstart", "-o", str(tmp_path), "--families", "Llama-3.2-1B", "--quick"]
     result = runner.invoke(app, command)
     assert result.exit_code == 0, result.output
