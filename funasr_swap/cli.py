@@ -132,7 +132,7 @@ class LibraryDefault:
 
 def train_default(field: str) -> LibraryDefault:
     """The default of `TrainConfig.<field>`."""
-    return LibraryDefault(f"funasr_swap.train:TrainConfig.{field}")
+    return LibraryDefault(f"funasr_swap.training.config:TrainConfig.{field}")
 
 
 def transcribe_default(parameter: str) -> LibraryDefault:
@@ -576,10 +576,12 @@ def train_command(
     train_llm: bool = typer.Option(False, "--train-llm", help="train the whole LLM too (joint training)"),
     lora_r: int = typer.Option(0, min=0, help="LoRA rank on the LLM; 0: no LoRA"),
     lora_alpha: int = typer.Option(
-        default_factory=LibraryDefault("funasr_swap.train:LoraSettings.alpha"), min=1, help="LoRA scale: alpha / r"
+        default_factory=LibraryDefault("funasr_swap.training.config:LoraSettings.alpha"),
+        min=1,
+        help="LoRA scale: alpha / r",
     ),
     lora_dropout: float = typer.Option(
-        default_factory=LibraryDefault("funasr_swap.train:LoraSettings.dropout"),
+        default_factory=LibraryDefault("funasr_swap.training.config:LoraSettings.dropout"),
         min=0.0,
         max=1.0,
         help="dropout on the LoRA path",
@@ -642,8 +644,9 @@ def train_command(
     import torch
 
     from funasr_swap.convert import load_base
-    from funasr_swap.train import METRICS_FILE, LoraSettings, TrainConfig, added_token_ids, latest_checkpoint
-    from funasr_swap.train import train as run_training
+    from funasr_swap.training import LoraSettings, TrainConfig, added_token_ids, latest_checkpoint
+    from funasr_swap.training import train as run_training
+    from funasr_swap.training.history import METRICS_FILE
     from tokenmap.io import check_writable
 
     lora = None
@@ -685,7 +688,9 @@ def eval_command(
         None, "-o", "--output", help="write audio, language, ref, hyp per utterance here (JSONL)"
     ),
     batch_size: int = typer.Option(
-        default_factory=LibraryDefault("funasr_swap.train:evaluate.batch_size"), min=1, help="utterances per generate"
+        default_factory=LibraryDefault("funasr_swap.training.evaluation:evaluate.batch_size"),
+        min=1,
+        help="utterances per generate",
     ),
     max_seconds: float = typer.Option(default_factory=MAX_SECONDS, callback=positive, help=MAX_SECONDS_HELP),
     skip_bad: bool = typer.Option(False, "--skip-bad", help=SKIP_BAD_HELP),
@@ -703,7 +708,7 @@ def eval_command(
     from rich.table import Table
 
     from funasr_swap.convert import load_base
-    from funasr_swap.train import evaluate
+    from funasr_swap.training import evaluate
     from tokenmap.io import atomic_write_lines, check_writable
 
     if output is not None:

@@ -571,7 +571,7 @@ LORA_TARGETS: dict[str, tuple[str, ...]] = {
 def lora_targets(config: PreTrainedConfig) -> tuple[str, ...]:
     """The module names LoRA adapts in an LLM of text config `config`: every attention and MLP projection.
 
-    The default of `funasr_swap.train.LoraSettings.target_modules`. A model_type outside the registry raises,
+    The default of `funasr_swap.training.LoraSettings.target_modules`. A model_type outside the registry raises,
     naming the known ones: pass the module names explicitly then.
     """
     if config.model_type not in LORA_TARGETS:

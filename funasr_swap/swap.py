@@ -325,6 +325,6 @@ def swap_llm(
 
 def set_trainable(model: FunAsrNanoForConditionalGeneration) -> None:
     """Freeze everything but the adaptor. Rows of added speech markers (`SwapReport.added_token_ids`) train through
-    `funasr_swap.train.setup_trainable` (`TrainableTokenRows`): a few rows, not the whole embedding matrix."""
+    `funasr_swap.training.setup_trainable` (`TrainableTokenRows`): a few rows, not the whole embedding matrix."""
     model.requires_grad_(False)
     model.model.multi_modal_projector.requires_grad_(True)

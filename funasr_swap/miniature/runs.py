@@ -1,6 +1,6 @@
 """The miniature's training runs: the base trained jointly, and each swap's adaptor retraining, with test scores.
 
-Each run trains in its own folder through `funasr_swap.train.train` (an interrupted run resumes from its
+Each run trains in its own folder through `funasr_swap.training.train` (an interrupted run resumes from its
 checkpoint), is scored on the test split, and writes `result.json` last: a folder with it holds a finished run,
 which `cached_run` reads back before any model is built.
 
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from transformers import FunAsrNanoForConditionalGeneration, FunAsrNanoProcessor
 
     from funasr_swap.swap import SwappedModel
-    from funasr_swap.train import LoraSettings, TrainConfig
+    from funasr_swap.training import LoraSettings, TrainConfig
 
 __all__ = [
     "RESULT_FILE", "RunResult", "build_base", "cached_run", "load_corpus", "retrain_adaptor", "swap_into", "train_base",
@@ -110,9 +110,9 @@ def _train_and_test(
     ctc_weight: float = 0.0,
     on_step: Callable[[int, float], None] | None = None,
 ) -> RunResult:
-    """`funasr_swap.train.train` with the world loss (`on_step` after each step), then the test CER: `run` filled in
+    """`funasr_swap.training.train` with the world loss (`on_step` after each step), then the test CER: `run` filled in
     and written as `result.json`, the run folder's last file."""
-    from funasr_swap.train import evaluate, train
+    from funasr_swap.training import evaluate, train
 
     def count_trainable(step: int, loss: float) -> None:  # once the trainer has set what trains (LoRA included)
         if not run.trainable:
@@ -133,7 +133,7 @@ def _train_and_test(
 
 
 def _train_config(folder: Path, config: MiniatureConfig, **options) -> TrainConfig:
-    from funasr_swap.train import TrainConfig
+    from funasr_swap.training import TrainConfig
 
     return TrainConfig(
         output_dir=folder, warmup_steps=config.warmup_steps, save_every=0, keep_last=1, seed=config.seed,
@@ -144,7 +144,7 @@ def _train_config(folder: Path, config: MiniatureConfig, **options) -> TrainConf
 def _lora(rank: int) -> LoraSettings | None:
     """LoRA of `rank` on the registry's targets, every attention and MLP projection of the LLM (alpha 2 x rank);
     None for rank 0."""
-    from funasr_swap.train import LoraSettings
+    from funasr_swap.training import LoraSettings
 
     return LoraSettings(r=rank, alpha=2 * rank) if rank else None
 
@@ -194,7 +194,7 @@ def retrain_adaptor(
     Writes the swap's report (`SWAP_REPORT.md`, `swap_report.json`) first and `result.json` last; the model is
     `folder/final`."""
     from funasr_swap.swap import SWAP_REPORT_JSON, SWAP_REPORT_MD
-    from funasr_swap.train import evaluate
+    from funasr_swap.training import evaluate
 
     folder, report = Path(folder), swapped.report
     atomic_write_lines(folder / SWAP_REPORT_MD, [report.to_markdown()])

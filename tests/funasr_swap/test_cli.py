@@ -23,7 +23,8 @@ from funasr_swap.llms import LLMS
 from funasr_swap.plan import swap_plan
 from funasr_swap.swap import swap_llm
 from funasr_swap.synth import synthesize
-from funasr_swap.train import STATE_FILE, LoraSettings, TrainConfig, evaluate
+from funasr_swap.training import LoraSettings, TrainConfig, evaluate
+from funasr_swap.training.checkpoints import STATE_FILE
 from funasr_swap.transcribe import DEFAULT_MAX_AUDIO_SECONDS, transcribe
 
 RATE = 16000
