@@ -15,6 +15,7 @@ from tokenmap.prompt import (
     IGNORE_INDEX,
     AsrPromptBuilder,
     AsrTask,
+    PromptToken,
     build_asr_prompt,
     build_chat_template,
     language_name,
@@ -412,3 +413,22 @@ def test_prompt_tokens_label_each_turn_the_audio_and_the_answer(family):
 
     page = prompt_html(tokens)
     assert page.count("<small") == len(tokens) and "&lt;" in page  # every token boxed, markup escaped
+
+
+def test_prompt_tokens_can_give_the_audio_as_one_run():
+    tokenizer = real_tokenizer("qwen3")
+    prompt = build_asr_prompt(tokenizer, N, family="qwen3")
+    tokens = prompt_tokens(tokenizer, prompt, template=build_chat_template("qwen3"), merge_audio=True)
+    [run] = [t for t in tokens if t.role == "audio"]
+    assert (run.count, run.special, tokens.index(run)) == (N, True, prompt.audio_start)
+    assert [t.id for t in tokens for _ in range(t.count)] == prompt.input_ids
+
+
+def test_prompt_html_escapes_tokens_and_shows_ids_and_runs():
+    tokens = [PromptToken(1, "<|im_start|>", "system", True), PromptToken(7, "\n", "system", False),
+              PromptToken(9, "<unused0>", "audio", True, 17), PromptToken(3, " a", "target", False)]  # fmt: skip
+    page = prompt_html(tokens)
+    assert "&lt;|im_start|&gt;" in page and "<|im_start|>" not in page
+    assert "\u21b5" in page and "\u00a0a" in page  # whitespace made visible
+    assert "&lt;unused0&gt; \u00d717" in page and 'title="audio 9"' in page and ">9</small>" in page
+    assert page.count("font-weight:bold") == 2  # the control tokens
