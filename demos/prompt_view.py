@@ -19,13 +19,10 @@ def model_prompt_tokens(processor: FunAsrNanoProcessor, audio_seconds: float = 1
 
     Raises ValueError when the tokenizer belongs to no known chat family."""
     from funasr_swap.features import num_lfr_frames
-    from tokenmap.families import detect_family
-    from tokenmap.markers import SpeechMarkers
+    from tokenmap.chat_setup import read_chat_setup
 
     extractor, tokenizer, template = processor.feature_extractor, processor.tokenizer, processor.chat_template
     frames = num_lfr_frames(extractor, round(audio_seconds * extractor.sampling_rate))
-    markers = SpeechMarkers(processor.audio_token, processor.audio_token_id)  # the template holds the rest
-    prompt = build_asr_prompt(
-        tokenizer, frames, family=detect_family(tokenizer), markers=markers, chat_template=template
-    )
+    chat = read_chat_setup(tokenizer, processor.audio_token)
+    prompt = build_asr_prompt(tokenizer, frames, family=chat.family, markers=chat.markers, chat_template=template)
     return prompt_tokens(tokenizer, prompt, template=template, merge_audio=True)

@@ -33,6 +33,7 @@ from funasr_swap.convert import generation_config
 from funasr_swap.llms import LLMSpec, count_parameters, get_llm, load_llm, match_llm, text_config, tiny_text_config
 from funasr_swap.plan import INFERENCE_BYTES, available_memory_gib, inference_gib
 from tokenmap.assets import load_tokenizer, tokenizer_fingerprint
+from tokenmap.chat_setup import read_chat_setup, record_chat_setup
 from tokenmap.families import ChatFamily, detect_family, get_family
 from tokenmap.io import atomic_folder
 from tokenmap.markers import SpeechMarkers, default_strategy, resolve_speech_markers
@@ -222,7 +223,7 @@ def swap_llm(
     llm, tokenizer, spec, target_name = _target_llm(target, random_weights, seed)
     tokenizer = copy.deepcopy(tokenizer)  # `add` markers mutate it
     family: ChatFamily = get_family(spec.family) if spec else detect_family(tokenizer)
-    source_family = detect_family(processor.tokenizer)
+    source_family = read_chat_setup(processor.tokenizer, processor.audio_token).family
     same_vocabulary = tokenizer_fingerprint(processor.tokenizer) == tokenizer_fingerprint(tokenizer)
     markers = markers if markers is not None else default_strategy(family)
     speech: SpeechMarkers = resolve_speech_markers(tokenizer, markers, boundaries=boundaries, family=family)
@@ -289,6 +290,7 @@ def swap_llm(
         warnings.append(f"the target tokenizer has no pad token; using its eos {tokenizer.eos_token!r}")
     template = build_chat_template(family, speech)
     tokenizer.chat_template = template
+    record_chat_setup(tokenizer, family, speech)  # saved with the tokenizer: data, export and the demo read it
     new_processor = FunAsrNanoProcessor(
         feature_extractor=copy.deepcopy(processor.feature_extractor),
         tokenizer=tokenizer,
