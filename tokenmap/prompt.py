@@ -191,16 +191,24 @@ def check_user_text(tokenizer: PreTrainedTokenizerBase, template: str, field: st
     Raises ValueError naming the field and the token; `allow_special_text=True` in `build_asr_prompt` encodes such
     text as ordinary characters instead.
     """
-    _refuse_control_text(control_tokens(tokenizer, template), field, texts)
+    refuse_control_text(control_tokens(tokenizer, template), field, texts)
 
 
-def _refuse_control_text(controls: Sequence[str], field: str, texts: Sequence[str]) -> None:
+def refuse_control_text(
+    controls: Sequence[str], field: str, texts: Sequence[str], *, suggest_allow_special_text: bool = True
+) -> None:
+    """The control-token refusal, for every prompt that user text goes into (training, `transcribe`, the edge
+    runtime, which keeps `controls` in its edge.json rather than a tokenizer): ValueError naming `field`, the text
+    and the first of `controls` (`control_tokens`) it spells. With `suggest_allow_special_text` the message says how to
+    encode such text as ordinary characters (`allow_special_text=True`), where the caller can."""
     for text in texts:
         if (special := spelled_control_token(text, controls)) is not None:
-            raise ValueError(
-                f"{field} {text!r} contains the special token {special!r}; remove it, or pass "
-                "allow_special_text=True to encode it as ordinary text (it never becomes a control token)"
+            how = (
+                ", or pass allow_special_text=True to encode it as ordinary text (it never becomes a control token)"
+                if suggest_allow_special_text
+                else ""
             )
+            raise ValueError(f"{field} {text!r} contains the special token {special!r}; remove it{how}")
 
 
 def spelled_control_token(text: str, controls: Sequence[str]) -> str | None:
@@ -248,7 +256,7 @@ def build_asr_prompt(
         controls = control_tokens(tokenizer, template)  # once: it reads every added token (Gemma-2: thousands)
         for field, texts in (("system prompt", [system]), ("context", task.context), ("hotword", task.hotwords),
                              ("target text", [] if target is None else [target])):  # fmt: skip
-            _refuse_control_text(controls, field, texts)
+            refuse_control_text(controls, field, texts)
     messages = [{"role": "system", "content": system}, {"role": "user", "content": task.user_content()}]
     extra = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
     prompt = _render_ids(tokenizer, template, messages, add_generation_prompt=True, **extra)
@@ -316,7 +324,7 @@ class AsrPromptBuilder:
         prompt, before, after = self._tasks[task]
         if target is None:
             return prompt.with_audio_length(n_audio_frames)
-        _refuse_control_text(self.controls, "target text", [target])
+        refuse_control_text(self.controls, "target text", [target])
         return self._with_target(prompt, before, after, target).with_audio_length(n_audio_frames)
 
     def _build(self, n_audio_frames: int, task: AsrTask, target: str | None) -> AsrPrompt:

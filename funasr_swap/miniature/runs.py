@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from funasr_swap.base import BASE_LLM
+from funasr_swap.llms import get_llm
 from funasr_swap.miniature.config import FAMILY_LLMS, MiniatureConfig
 from funasr_swap.miniature.world_loss import WorldLoss
 from tokenmap.io import atomic_write_lines
@@ -42,7 +43,6 @@ __all__ = [
 ]  # fmt: skip
 
 RESULT_FILE = "result.json"  # written last: its presence marks a finished run
-BASE_FAMILY = "qwen3"
 
 
 def build_base(
@@ -163,26 +163,23 @@ def train_base(
         folder, config, max_steps=config.base_steps, batch_size=config.batch_size, lr=config.base_lr,
         eval_every=config.base_eval_every, unfreeze_encoder=True, lora=_lora(config.lora_rank), audio_cache="features",
     )  # fmt: skip
-    run = RunResult("base", BASE_LLM, BASE_FAMILY, "joint", 0, 0, 0.0, None, math.nan, math.nan, [])
+    run = RunResult("base", BASE_LLM, get_llm(BASE_LLM).family, "joint", 0, 0, 0.0, None, math.nan, math.nan, [])
     return _train_and_test(run, model, processor, data, train_config, config.base_ctc_weight, on_step=on_step)
 
 
 def swap_into(
-    base_folder: str | os.PathLike, llm_folder: str | os.PathLike, family: str, strategy: str, config: MiniatureConfig
+    base_folder: str | os.PathLike, llm_folder: str | os.PathLike, strategy: str, config: MiniatureConfig
 ) -> SwappedModel:
-    """The trained base in `base_folder` with its LLM swapped for `family`'s pretrained tiny LLM in `llm_folder`:
-    the family's default marker strategy, the adaptor initialised by `strategy` (`bridge` or `fresh`)."""
+    """The trained base in `base_folder` with its LLM swapped for the pretrained tiny LLM in `llm_folder`: its
+    family's default marker strategy, the adaptor initialised by `strategy` (`bridge` or `fresh`)."""
     from funasr_swap.convert import load_base
     from funasr_swap.swap import swap_llm
-    from tokenmap.markers import default_strategy
 
     base, processor = load_base(base_folder)
     with warnings.catch_warnings():
         # the tiny LLMs are registry shapes scaled down: load_llm warns that no registry entry has their shape
         warnings.filterwarnings("ignore", message=r".*is not in the funasr_swap LLM registry.*")
-        return swap_llm(
-            base, processor, llm_folder, strategy=strategy, markers=default_strategy(family), seed=config.seed
-        )
+        return swap_llm(base, processor, llm_folder, strategy=strategy, seed=config.seed)
 
 
 def retrain_adaptor(
@@ -221,7 +218,7 @@ def train_swap(
     can run in a worker process; a finished run is read back, not repeated."""
     if (run := cached_run(folder)) is not None:  # before the swap and its test score
         return run
-    swapped = swap_into(base_folder, llm_folder, family, strategy, config)
+    swapped = swap_into(base_folder, llm_folder, strategy, config)
     return retrain_adaptor(swapped, folder, load_corpus(corpus, config), config)
 
 

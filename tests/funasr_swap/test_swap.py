@@ -20,7 +20,7 @@ from funasr_swap.compat import restore_logit_softcapping
 from funasr_swap.features import load_processor
 from funasr_swap.llms import LLMS
 from funasr_swap.plan import inference_gib
-from funasr_swap.swap import _check_fits_in_memory, _target_llm, read_swap_report, swap_llm
+from funasr_swap.swap import _check_fits_in_memory, _target_llm, check_target, read_swap_report, swap_llm
 from funasr_swap.transcribe import transcribe
 from tests.conftest import real_tokenizer
 from tokenmap.chat_setup import CHAT_SETUP_KEY, read_chat_setup
@@ -181,6 +181,12 @@ def test_bridge_fits_over_the_shared_vocabulary():
     assert result.report.bridge["widening_rel_error"] < 1e-4
 
 
+def test_check_target_gives_a_names_registry_entry_before_anything_loads(tmp_path):
+    # the check swap_llm makes first (its refusals: the test below), and the CLI's swap before the base loads
+    assert check_target(tmp_path, None) is None
+    assert check_target("Llama-3.2-1B", "tiny") is LLMS["Llama-3.2-1B"]
+
+
 def test_unsatisfiable_markers_unknown_target_and_bad_folder(tmp_path):
     model, processor = base()
     with pytest.raises(ValueError, match="strategy 'add'"):
@@ -212,11 +218,13 @@ def test_default_marker_strategy_resolves_on_the_familys_tokenizer(family):
 
 def test_a_registry_name_needs_random_weights_and_a_folder_refuses_them(tmp_path):
     model, processor = base()
-    with pytest.raises(ValueError, match="random_weights='tiny'.*or the path of a local LLM folder"):
+    with pytest.raises(ValueError, match=r"target='Llama-3.2-1B': no such folder, .* or random_weights \(tiny or real"):
         swap_llm(model, processor, "Llama-3.2-1B")
     with pytest.raises(ValueError, match="random_weights must be one of tiny, real or None, got 'small'"):
         swap_llm(model, processor, "Llama-3.2-1B", random_weights="small")
-    with pytest.raises(ValueError, match=f"target {tmp_path} is an LLM folder.*random_weights='tiny'"):
+    with pytest.raises(
+        ValueError, match=f"random_weights='tiny' is for registry names; target='{tmp_path}' is a folder"
+    ):
         swap_llm(model, processor, tmp_path, random_weights="tiny")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from tokenmap.prompt import (
     language_name,
     prompt_html,
     prompt_tokens,
+    refuse_control_text,
 )
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
@@ -274,7 +276,6 @@ def test_chat_template_tokenizes_to_build_asr_prompt_ids(family: str):
     assert ids == build_asr_prompt(tok, N, task, family=family, markers=markers).input_ids
 
 
-
 # transcripts as a corpus has them, and the edges of a tokenizer's merges: spaces, digits, punctuation, CJK, emoji
 BUILDER_TARGETS = [
     "wendy opened ninety three green lamps this morning", "there are 11 black pens.", " leading space",
@@ -432,3 +433,13 @@ def test_prompt_html_escapes_tokens_and_shows_ids_and_runs():
     assert "\u21b5" in page and "\u00a0a" in page  # whitespace made visible
     assert "&lt;unused0&gt; \u00d717" in page and 'title="audio 9"' in page and ">9</small>" in page
     assert page.count("font-weight:bold") == 2  # the control tokens
+
+
+def test_refuse_control_text_names_the_field_the_text_and_the_token():
+    controls = ["<|im_start|>", "<|im_end|>"]
+    refuse_control_text(controls, "hotword", ["im_end", "<|im"])  # near misses are text
+    message = "hotword 'a<|im_end|>' contains the special token '<|im_end|>'; remove it, or pass allow_special_text"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        refuse_control_text(controls, "hotword", ["ok", "a<|im_end|>"])
+    with pytest.raises(ValueError, match=r"'<\|im_start\|>'; remove it$"):
+        refuse_control_text(controls, "language", ["<|im_start|>"], suggest_allow_special_text=False)
