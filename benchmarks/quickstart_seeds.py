@@ -58,7 +58,7 @@ def score_unseen(world: Path, corpus: Path) -> dict[str, float]:
     """Test CER of every model of `world` on the manifest `corpus`."""
     from funasr_swap.convert import load_base
     from funasr_swap.data import load_manifest
-    from funasr_swap.train import evaluate
+    from funasr_swap.training import evaluate
 
     utterances = load_manifest(corpus).utterances
     scores = {}

@@ -2,7 +2,7 @@
 peak memory per process, and the adaptor after K steps, for comparison with one process at the same global batch.
 
 NOT YET RUN ON GPUs: no machine of two GPUs was available when this was written; it has run on CPU with tiny shapes
-only (tests/funasr_swap/test_train.py). The intended runs, on a machine of two H200s:
+only (tests/funasr_swap/training/test_distributed.py). The intended runs, on a machine of two H200s:
 
     # DDP scaling (Qwen3-1.7B shape): one GPU with --grad-accum 2, two GPUs with --grad-accum 1: the same global batch
     PYTHONPATH=. python benchmarks/train_distributed.py --model Qwen3-1.7B --batch-size 64 --grad-accum 2 \
@@ -18,8 +18,9 @@ only (tests/funasr_swap/test_train.py). The intended runs, on a machine of two H
         benchmarks/train_distributed.py --model Qwen3-8B --batch-size 32 \
         --out benchmarks/results/train_distributed_fsdp_qwen3_8b.json
 
-What a step is: `funasr_swap.train`'s adaptor step (encoder and LLM frozen in bf16, the adaptor fp32, bf16 autocast,
-AdamW, clipping at 1.0, the chunked supervised loss) through the trainer's own Accelerator (`train._accelerator`:
+What a step is: the trainer's own adaptor step, `funasr_swap.training.TrainingStep` (encoder and LLM frozen in bf16,
+the adaptor fp32, bf16 autocast, AdamW, clipping at 1.0, the chunked supervised loss) through the trainer's own
+Accelerator (`funasr_swap.training.distributed.make_accelerator`:
 DDP or FSDP2 as `accelerate launch` set it, FSDP2 on CPU too), the trainer's data order (`BatchPlan`: each step takes
 grad_accum x processes length-bucketed micro-batches, rank r every r-th), and the synthetic corpus and real-shape
 random-weight model of benchmarks/train_throughput.py. Layers run eager (no torch.compile), so the ratio of 2 GPUs
@@ -30,11 +31,11 @@ steps) over their wall time; scaling efficiency = samples/s on N processes / (N 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -55,35 +56,21 @@ from train_throughput import (  # noqa: E402
     write_json,
 )
 
-from funasr_swap.train import (  # noqa: E402
-    BatchPlan,
-    TrainConfig,
-    _accelerator,
-    _LossModule,
-    _optimizer,
-    _train_mode,
-    _trainable_state,
-    attention_kernels,
-    setup_trainable,
-    supervised_loss,
-)
+from funasr_swap.training.config import TrainConfig  # noqa: E402
+from funasr_swap.training.data_order import BatchPlan  # noqa: E402
+from funasr_swap.training.distributed import make_accelerator, trainable_state  # noqa: E402
+from funasr_swap.training.step import TrainingStep  # noqa: E402
 
 
 def run(args: argparse.Namespace) -> dict:
     on_cuda = torch.cuda.is_available()
-    accelerator = _accelerator(on_cuda)
+    accelerator = make_accelerator(on_cuda)
     rank, world = accelerator.process_index, accelerator.num_processes
     # FSDP: built on the CPU and sharded onto the GPUs by prepare (a whole 32B copy per GPU is what FSDP avoids)
     fsdp = accelerator.distributed_type == DistributedType.FSDP
     model = build_model(args.model, "cpu" if fsdp or not on_cuda else str(accelerator.device), args.tiny)
     config = TrainConfig(output_dir=Path("unused"), batch_size=args.batch_size, grad_accum=args.grad_accum)
-    setup_trainable(model, config)
-    for parameter in model.parameters():  # fp32 master weights for what trains, as train() does
-        if parameter.requires_grad:
-            parameter.data = parameter.data.float()
-    loss_module, optimizer = accelerator.prepare(_LossModule(model, supervised_loss), _optimizer(model, config))
-    _train_mode(model)
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    training_step = TrainingStep.prepare(model, config, accelerator)  # as train() sets it up
 
     corpus = Corpus.sample(args.utterances, seed=0)
     plan = BatchPlan(list(corpus.seconds), args.batch_size, seed=0)
@@ -91,6 +78,18 @@ def run(args: argparse.Namespace) -> dict:
     vocab, feature_dim = model.config.text_config.vocab_size, _feature_dim(model)
     device = str(accelerator.device)
     losses, samples, seconds = [], 0, 0.0
+
+    def micro_batches(step: int) -> Iterator[dict[str, torch.Tensor]]:
+        """The step's micro-batches of this process: random ids and features seeded by the micro-batch's place in
+        the global order, so one process with grad_accum N*g sees the very batches N processes with g see."""
+        nonlocal samples
+        for micro in range(args.grad_accum):
+            indices = next(batches)
+            seed = (step * args.grad_accum + micro) * world + rank
+            if step >= args.warmup:
+                samples += len(indices)
+            yield to_device(cpu_batch(corpus, indices, vocab, seed), device, feature_dim, seed)
+
     if on_cuda:
         torch.cuda.reset_peak_memory_stats()
     for step in range(args.warmup + args.steps):
@@ -99,29 +98,12 @@ def run(args: argparse.Namespace) -> dict:
             if on_cuda:
                 torch.cuda.synchronize()
             start = time.perf_counter()
-        step_losses = []
-        for micro in range(args.grad_accum):
-            indices = next(batches)
-            # random ids and features seeded by the micro-batch's place in the global order: one process with
-            # grad_accum N*g sees the very batches N processes with g see
-            seed = (step * args.grad_accum + micro) * world + rank
-            batch = to_device(cpu_batch(corpus, indices, vocab, seed), device, feature_dim, seed)
-            sync = micro == args.grad_accum - 1  # gradients all-reduced once per step
-            with contextlib.nullcontext() if sync else accelerator.no_sync(loss_module), attention_kernels():
-                loss = loss_module(batch)
-                accelerator.backward(loss / args.grad_accum)
-            step_losses.append(loss.detach())
-            if step >= args.warmup:
-                samples += len(indices)
-        accelerator.clip_grad_norm_(trainable, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(accelerator.reduce(torch.stack(step_losses).mean(), "mean").item())
+        losses.append(training_step(micro_batches(step)).loss.item())
     if on_cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() / GB if on_cuda else None
-    weights = _trainable_state(model)  # every process: under FSDP a gather
+    weights = trainable_state(model)  # every process: under FSDP a gather
     result = {
         "model": args.model,
         "tiny": args.tiny,

@@ -16,8 +16,8 @@ the same run.
     PYTHONPATH=. python benchmarks/train_throughput.py --plot benchmarks/results/train_throughput_gpu.json \
         --levers benchmarks/results/train_throughput_levers_gpu.json
 
-What a step is: the adaptor-retraining step of `funasr-swap train` (`funasr_swap.train`): encoder and LLM frozen
-(`setup_trainable`), the adaptor trainable in fp32 master weights, bf16 autocast, AdamW (`train._optimizer`),
+What a step is: the adaptor-retraining step of `funasr-swap train` (`funasr_swap.training`): encoder and LLM frozen
+(`setup_trainable`), the adaptor trainable in fp32 master weights, bf16 autocast, AdamW (`step.build_optimizer`),
 gradient clipping at 1.0. The model is a real-shape Fun-ASR-Nano (the real encoder, 70 layers x 512; the adaptor at
 the LLM's width; the LLM's real class and shape from the registry, `funasr_swap.llms.text_config`) with random
 weights, built on the device in bf16 (`random_weights="real"` builds the same shapes on the CPU).
@@ -77,16 +77,16 @@ from funasr_swap.convert import ADAPTOR_LAYER_NORM_EPS
 from funasr_swap.data import bucket_batches, precomputed_audio
 from funasr_swap.llms import get_llm, text_config, tiny_text_config
 from funasr_swap.loss import chunked_cross_entropy
-from funasr_swap.train import (
-    LoraSettings,
-    TrainConfig,
-    _optimizer,
-    _train_mode,
+from funasr_swap.training.config import LoraSettings, TrainConfig
+from funasr_swap.training.step import (
     attention_kernels,
+    build_optimizer,
     compile_layers,
     setup_trainable,
     supervised_loss,
     supervised_states,
+    train_mode,
+    trainable_in_fp32,
 )
 from tokenmap.prompt import IGNORE_INDEX
 
@@ -302,15 +302,13 @@ def run_variant(
         output_dir=Path(tempfile.gettempdir()) / "unused", lora=LoraSettings() if variant.lora else None
     )
     merge = setup_trainable(model, config)
-    for p in model.parameters():
-        if p.requires_grad and p.dtype != torch.float32:
-            p.data = p.data.float()  # fp32 master weights of what trains
-    _train_mode(model)
+    trainable_in_fp32(model)
+    train_mode(model)
     if variant.loss == "stock":
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=1e-4)  # as a user writes it
     else:
-        optimizer = _optimizer(model, config)
+        optimizer = build_optimizer(model, config)
         trainable = [p for g in optimizer.param_groups for p in g["params"]]
     if variant.compile:
         compile_layers(model)
@@ -482,11 +480,9 @@ def _curve(model, corpus, batches, variant: Variant, device: str) -> list[float]
     vocab = model.config.text_config.vocab_size
     config = TrainConfig(output_dir=Path(tempfile.gettempdir()) / "unused", lr=1e-4)
     setup_trainable(model, config)
-    for p in model.parameters():
-        if p.requires_grad and p.dtype != torch.float32:
-            p.data = p.data.float()
-    _train_mode(model)
-    optimizer = _optimizer(model, config)
+    trainable_in_fp32(model)
+    train_mode(model)
+    optimizer = build_optimizer(model, config)
     trainable = [p for g in optimizer.param_groups for p in g["params"]]
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
     if variant.compile:

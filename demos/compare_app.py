@@ -29,9 +29,10 @@ import numpy as np  # noqa: E402
 from demos.compare import DIFF_LABELS, ModelResult, compare_models, ranking  # noqa: E402
 from demos.config import DemoConfig  # noqa: E402
 from demos.models import DemoModel  # noqa: E402
-from demos.prompt_view import KIND_COLOURS, prompt_html, prompt_tokens  # noqa: E402
+from demos.prompt_view import model_prompt_tokens  # noqa: E402
 from funasr_swap.data import Utterance  # noqa: E402
 from funasr_swap.errors import SettingError  # noqa: E402
+from tokenmap.prompt import prompt_html  # noqa: E402
 
 __all__ = [
     "RANKING_HEADERS", "build_app", "check_port", "compare_clip", "launch", "read_examples", "read_input", "serve",
@@ -40,12 +41,6 @@ __all__ = [
 
 RANKING_HEADERS = ["rank", "model", "CER %", "latency s", "RTF"]
 NO_AUDIO = "Upload a file, record from the microphone or pick an example first."
-CSS = """
-.prompt-tokens { line-height: 2.4; }
-.tok { display: inline-block; margin: 1px; padding: 0 3px; border: 1px solid #9ca3af; border-radius: 4px;
-       color: #111827; }
-.tok sub { color: #4b5563; margin-left: 2px; }
-"""
 
 
 def use_temp_dir(config: DemoConfig) -> Path:
@@ -100,7 +95,7 @@ def _prompt_section(model: DemoModel) -> str:
     if not model.loaded:
         return f"{title}<p>not loaded</p>"
     try:
-        tokens = prompt_tokens(model.processor)
+        tokens = model_prompt_tokens(model.processor)
     except ValueError as error:  # a tokenizer of no known chat family: its markers cannot be told apart
         return f"{title}<p>{html.escape(str(error))}</p>"
     return f"{title}<p>{sum(t.count for t in tokens)} tokens for 1 s of audio</p>{prompt_html(tokens)}"
@@ -184,11 +179,9 @@ def build_app(models: Sequence[DemoModel], examples: Sequence[Utterance], config
             for event in (audio.upload, audio.stop_recording):
                 event(lambda: "", None, reference, api_visibility="private")
         with gr.Tab("Prompts"):
-            legend = " ".join(
-                f'<span class="tok" style="background:{colour}">{kind}</span>' for kind, colour in KIND_COLOURS.items()
-            )
-            gr.HTML(f"<p>Each model's ASR prompt as its tokenizer cuts it, with token ids: {legend}. The audio "
-                    "placeholder repeats once per 60 ms audio frame.</p>")  # fmt: skip
+            gr.HTML("<p>Each model's ASR prompt as its tokenizer cuts it, with token ids, coloured by the part of the "
+                    "conversation; control tokens in bold. The audio placeholder repeats once per 60 ms audio "
+                    "frame.</p>")  # fmt: skip
             for model in models:
                 gr.HTML(_prompt_section(model))
     return app
@@ -201,7 +194,7 @@ def launch(app: gr.Blocks, config: DemoConfig, *, block: bool = True, quiet: boo
     _, url, _ = app.launch(
         server_name=config.host, server_port=config.port, max_file_size=config.max_file_size, allowed_paths=[],
         share=False, enable_monitoring=False, run_history=False, mcp_server=False, ssr_mode=False, pwa=False,
-        show_error=False, footer_links=["api"], css=CSS, prevent_thread_lock=not block, quiet=quiet,
+        show_error=False, footer_links=["api"], prevent_thread_lock=not block, quiet=quiet,
     )  # fmt: skip
     return url
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from transformers import FunAsrNanoForConditionalGeneration, FunAsrNanoProcessor
 
-__all__ = ["DemoModel", "ModelCard", "load_models", "marker_strategy"]
+__all__ = ["DemoModel", "ModelCard", "load_models"]
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ class ModelCard:
     hidden_size: int  # the LLM's width, which the adaptor's output must equal
     adaptor_params: int
     adaptor_init: str  # "joint" (the base), "bridge" or "fresh"; "unknown" outside a quickstart run
-    marker_strategy: str  # how the audio placeholder was found: "reuse" or "add" (`marker_strategy`)
+    marker_strategy: str  # how the audio placeholder was found: "reuse" or "add"; "unknown" with the family
     placeholder: str  # the audio placeholder token
     placeholder_id: int
     test_cer: float | None  # from the run's result.json; None when the folder has none
@@ -58,17 +58,6 @@ class DemoModel:
         return self.error is None
 
 
-def marker_strategy(processor: FunAsrNanoProcessor, family: str) -> str:
-    """How the model found its audio placeholder (`tokenmap.markers`): "reuse" when it is one of the family's
-    unused special tokens, else "add" (a token the swap added); "unknown" for a tokenizer of no known family."""
-    from tokenmap.families import get_family
-
-    if family == "unknown":
-        return "unknown"
-    unused = {token for token, _ in get_family(family).unused_special_tokens(processor.tokenizer)}
-    return "reuse" if processor.audio_token in unused else "add"
-
-
 def _folder_name(folder: Path) -> str:
     """A model's name when no run names it: the folder's, with its parent's for a training run's `final`."""
     from funasr_swap.miniature.quickstart import MODEL_DIR
@@ -80,26 +69,28 @@ def _card(
     folder: Path, model: FunAsrNanoForConditionalGeneration, processor: FunAsrNanoProcessor
 ) -> tuple[str, ModelCard]:
     """The model's name and card. A quickstart run (`folder` is its `final`) names its LLM, family, adaptor init and
-    test CER in the run's result.json; elsewhere they come from the config and the tokenizer."""
+    test CER in the run's result.json; elsewhere they come from the config; the family and marker strategy from the
+    chat setup the swap saved with the tokenizer (`tokenmap.chat_setup.read_chat_setup`)."""
     from funasr_swap.llms import count_parameters, match_llm
     from funasr_swap.miniature.runs import cached_run
-    from tokenmap.families import detect_family
+    from tokenmap.chat_setup import read_chat_setup
 
     text_config = model.config.text_config
+    try:
+        chat = read_chat_setup(processor.tokenizer, processor.audio_token)
+        family, strategy = chat.family.name, chat.markers.strategy
+    except ValueError:  # a tokenizer of no known family still transcribes
+        family, strategy = "unknown", "unknown"
     run = cached_run(folder.parent)
     if run is not None:
         name, llm, family, init, test_cer = run.name, run.llm, run.family, run.strategy, run.test_cer
     else:
         spec = match_llm(text_config)
-        try:
-            family = detect_family(processor.tokenizer).name
-        except ValueError:  # a tokenizer of no known family still transcribes
-            family = "unknown"
         name, llm, init, test_cer = _folder_name(folder), spec.name if spec else text_config.model_type, "unknown", None
     card = ModelCard(
         llm=llm, family=family, hidden_size=text_config.hidden_size,
         adaptor_params=count_parameters(model.model.multi_modal_projector), adaptor_init=init,
-        marker_strategy=marker_strategy(processor, family), placeholder=processor.audio_token,
+        marker_strategy=strategy, placeholder=processor.audio_token,
         placeholder_id=processor.audio_token_id, test_cer=test_cer,
     )  # fmt: skip
     return name, card

@@ -19,7 +19,7 @@ from transformers import (
 
 from funasr_swap.compat import fill_gaps
 from funasr_swap.convert import ADAPTOR_LAYER_NORM_EPS, build_processor, generation_config
-from funasr_swap.llms import tiny_text_config
+from funasr_swap.llms import get_llm, tiny_text_config
 from tokenmap.assets import resolve_tokenizer_path
 
 __all__ = ["BASE_LLM", "tiny_base", "tiny_base_config"]
@@ -39,7 +39,7 @@ def tiny_base_config(
 ) -> FunAsrNanoConfig:
     """A tiny `FunAsrNanoConfig`: encoder `hidden_size` wide with `num_layers` layers, the last
     `num_timestamp_layers` of them timestamp layers (as the real 50 + 20); adaptor and text model at the tiny LLM's
-    width (`tiny_text_config("Qwen3-0.6B")`, 64, with the real vocabulary size). `encoder_dropout`: the encoder's
+    width (`tiny_text_config(BASE_LLM)`, 64, with the real vocabulary size). `encoder_dropout`: the encoder's
     hidden and attention dropout (the real model's 0.1 by default)."""
     text_config = tiny_text_config(BASE_LLM)
     llm_dim = text_config.hidden_size
@@ -75,7 +75,7 @@ def tiny_base(seed: int = 0, **sizes: float) -> tuple[FunAsrNanoForConditionalGe
     processor is the real base's: the real Qwen3 tokenizer, the converted checkpoint's chat template and the
     `<|object_ref_start|>` placeholder (id 151646).
     """
-    processor = build_processor(resolve_tokenizer_path("qwen3"))
+    processor = build_processor(resolve_tokenizer_path(get_llm(BASE_LLM).tokenizer))
     config = tiny_base_config(processor.audio_token_id, **sizes)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

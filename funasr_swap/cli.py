@@ -31,12 +31,15 @@ import inspect
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 import typer
 
+from funasr_swap.gguf import OutType as GgufOutType
+from funasr_swap.llms import RandomWeights as RandomWeightShapes
 from tokenmap.cli import CliError
 from tokenmap.cli import one_line_errors as tokenmap_one_line_errors
+from tokenmap.markers import Strategy as MarkerStrategy
 
 if TYPE_CHECKING:  # torch-heavy: imported inside the commands that need them
     from transformers import FunAsrNanoProcessor
@@ -75,6 +78,8 @@ FLAGS = {
     "lora": "--lora-r",
     "max_file_size": "--max-file-size",
     "port": "--port",
+    "target": "--llm",
+    "random_weights": "--random-weights",
 }
 
 
@@ -132,7 +137,7 @@ class LibraryDefault:
 
 def train_default(field: str) -> LibraryDefault:
     """The default of `TrainConfig.<field>`."""
-    return LibraryDefault(f"funasr_swap.train:TrainConfig.{field}")
+    return LibraryDefault(f"funasr_swap.training.config:TrainConfig.{field}")
 
 
 def transcribe_default(parameter: str) -> LibraryDefault:
@@ -186,19 +191,20 @@ class DType(str, Enum):
     float32 = "float32"
 
 
-class Adaptor(str, Enum):  # funasr_swap.adaptor.Strategy
+def library_choices(name: str, literal: Any) -> type[Enum]:
+    """An option's choices as an Enum of a library `Literal`'s values: the CLI offers exactly what the library
+    takes. The Literal's home must import no torch (this module is imported for every command, --help too)."""
+    return Enum(name, {value: value for value in get_args(literal)}, type=str)
+
+
+# funasr_swap.adaptor.Strategy: that module imports torch, so these are kept equal by a test (test_cli.py)
+class Adaptor(str, Enum):
     fresh = "fresh"
     bridge = "bridge"
 
 
-class Markers(str, Enum):  # funasr_swap.swap.MarkerStrategy
-    reuse = "reuse"
-    add = "add"
-
-
-class RandomWeights(str, Enum):  # funasr_swap.swap.RandomWeights
-    tiny = "tiny"
-    real = "real"
+Markers = library_choices("Markers", MarkerStrategy)
+RandomWeights = library_choices("RandomWeights", RandomWeightShapes)
 
 
 @app.command()
@@ -304,10 +310,7 @@ def transcribe(
     typer.echo(f"wrote {len(lines)} transcript(s) to {output}")
 
 
-class OutType(str, Enum):  # funasr_swap.gguf.OutType
-    f32 = "f32"
-    f16 = "f16"
-    q8_0 = "q8_0"
+OutType = library_choices("OutType", GgufOutType)
 
 
 @app.command("export")
@@ -316,7 +319,9 @@ def export_command(
     model: Path = typer.Argument(..., help="Fun-ASR-Nano model folder: a swap, a trained model or the base"),
     output: Path = typer.Option(..., "--output", "-o", help="folder to write (audio.onnx, llm.gguf, edge.json)"),
     outtype: OutType = typer.Option(
-        OutType.f16, "--outtype", help="the LLM's weights in the GGUF: f32, f16 (transcripts as f32) or q8_0 (smaller)"
+        OutType("f16"),
+        "--outtype",
+        help="the LLM's weights in the GGUF: f32, f16 (transcripts as f32) or q8_0 (smaller)",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace OUTPUT if it exists"),
 ) -> None:
@@ -435,25 +440,11 @@ def swap(
         funasr-swap swap --model ./Fun-ASR-Nano-2512-hf --llm Gemma-2-2B --random-weights tiny -o ./nano-gemma-test
     """
     from funasr_swap.convert import load_base
-    from funasr_swap.llms import get_llm
-    from funasr_swap.swap import swap_llm
+    from funasr_swap.swap import check_target, swap_llm
 
     reads = {"--model": model}  # the folders the swap reads, which its output must keep apart from
-    folder = Path(llm).expanduser()
-    if folder.is_dir():
-        reads["--llm"] = folder
-        if random_weights is not None:
-            raise CliError(
-                f"--random-weights {random_weights.value} is for registry names; --llm {llm} is a folder, whose "
-                "weights are loaded: leave --random-weights out"
-            )
-    else:
-        spec = get_llm(llm)  # an unknown name: KeyError listing the registry, before the base loads
-        if random_weights is None:
-            raise CliError(
-                f"--llm {llm}: no such folder, and the registry's {spec.name} has no weights: pass the LLM's folder, "
-                "or --random-weights tiny|real to build it with random weights"
-            )
+    if check_target(llm, random_weights.value if random_weights else None) is None:  # before the base loads
+        reads["--llm"] = Path(llm).expanduser()
     check_output_folder(output, reads, overwrite)
     if random_weights is not None:
         typer.secho(
@@ -576,10 +567,12 @@ def train_command(
     train_llm: bool = typer.Option(False, "--train-llm", help="train the whole LLM too (joint training)"),
     lora_r: int = typer.Option(0, min=0, help="LoRA rank on the LLM; 0: no LoRA"),
     lora_alpha: int = typer.Option(
-        default_factory=LibraryDefault("funasr_swap.train:LoraSettings.alpha"), min=1, help="LoRA scale: alpha / r"
+        default_factory=LibraryDefault("funasr_swap.training.config:LoraSettings.alpha"),
+        min=1,
+        help="LoRA scale: alpha / r",
     ),
     lora_dropout: float = typer.Option(
-        default_factory=LibraryDefault("funasr_swap.train:LoraSettings.dropout"),
+        default_factory=LibraryDefault("funasr_swap.training.config:LoraSettings.dropout"),
         min=0.0,
         max=1.0,
         help="dropout on the LoRA path",
@@ -642,8 +635,9 @@ def train_command(
     import torch
 
     from funasr_swap.convert import load_base
-    from funasr_swap.train import METRICS_FILE, LoraSettings, TrainConfig, added_token_ids, latest_checkpoint
-    from funasr_swap.train import train as run_training
+    from funasr_swap.training import LoraSettings, TrainConfig, added_token_ids, latest_checkpoint
+    from funasr_swap.training import train as run_training
+    from funasr_swap.training.history import METRICS_FILE
     from tokenmap.io import check_writable
 
     lora = None
@@ -685,7 +679,9 @@ def eval_command(
         None, "-o", "--output", help="write audio, language, ref, hyp per utterance here (JSONL)"
     ),
     batch_size: int = typer.Option(
-        default_factory=LibraryDefault("funasr_swap.train:evaluate.batch_size"), min=1, help="utterances per generate"
+        default_factory=LibraryDefault("funasr_swap.training.evaluation:evaluate.batch_size"),
+        min=1,
+        help="utterances per generate",
     ),
     max_seconds: float = typer.Option(default_factory=MAX_SECONDS, callback=positive, help=MAX_SECONDS_HELP),
     skip_bad: bool = typer.Option(False, "--skip-bad", help=SKIP_BAD_HELP),
@@ -703,7 +699,7 @@ def eval_command(
     from rich.table import Table
 
     from funasr_swap.convert import load_base
-    from funasr_swap.train import evaluate
+    from funasr_swap.training import evaluate
     from tokenmap.io import atomic_write_lines, check_writable
 
     if output is not None:

@@ -33,9 +33,8 @@ from transformers.modeling_outputs import BaseModelOutput
 from funasr_swap.audio import load_audio
 from funasr_swap.errors import SettingError
 from funasr_swap.features import batch_features
-from tokenmap.families import detect_family
+from tokenmap.chat_setup import read_chat_setup
 from tokenmap.io import parse_json_object
-from tokenmap.markers import SpeechMarkers
 from tokenmap.prompt import (
     IGNORE_INDEX,
     AsrPrompt,
@@ -271,8 +270,8 @@ class AsrCollator:
             raise ValueError("AsrCollator: the encoder whose outputs it computes must be frozen (requires_grad off)")
         self.processor = processor
         self.sampling_rate = sampling_rate
-        self.family = detect_family(processor.tokenizer)
-        self.markers = SpeechMarkers(processor.audio_token, processor.audio_token_id)
+        chat = read_chat_setup(processor.tokenizer, processor.audio_token)
+        self.family, self.markers = chat.family, chat.markers
         self.encoder = encoder
         self.dither = dither
         # the chat template rendered once per task (AsrPromptBuilder), then one encoding per (task, transcript),

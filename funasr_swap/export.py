@@ -166,7 +166,7 @@ def export_edge(
     from funasr_swap.convert import checkpoint_format, load_base
     from funasr_swap.llms import match_llm
     from funasr_swap.swap import read_swap_report
-    from tokenmap.families import detect_family
+    from tokenmap.chat_setup import read_chat_setup
 
     source, output = Path(source), Path(output)
     if outtype not in get_args(OutType):
@@ -177,8 +177,9 @@ def export_edge(
     check_writable(output, folder=True)
     model, processor = load_base(source, dtype=torch.float32)
     report = read_swap_report(source)
-    # a swap names its family; otherwise the tokenizer tells (deepseek-llm and -v2 share one: either converts alike)
-    family = report.family if report else detect_family(processor.tokenizer).name
+    # the family the swap recorded; for a folder without the record the tokenizer tells (deepseek-llm and -v2
+    # share one: either converts alike)
+    family = read_chat_setup(processor.tokenizer, processor.audio_token).family.name
     try:
         gguf_family(family)
     except ValueError as error:

@@ -20,7 +20,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     import torch
@@ -83,9 +83,21 @@ _QWEN3 = dict(
     rope_theta=1_000_000.0,
     rms_norm_eps=1e-6,
 )
-# Llama-3.1/3.2: 128,000 ranks + 256 specials; the llama3 frequency scaling for 128K context.
-_LLAMA3 = dict(family="llama3", tokenizer="llama3", model_type="llama", vocab_size=128256, context_length=131072)
-_LLAMA3_ROPE = dict(rope_theta=500_000.0, rms_norm_eps=1e-5)
+# Llama-3.1/3.2: 128,000 ranks + 256 specials; a 128K context through `_llama3_rope_scaling`.
+_LLAMA3 = dict(
+    family="llama3", tokenizer="llama3", model_type="llama", vocab_size=128256, context_length=131072,
+    rope_theta=500_000.0, rms_norm_eps=1e-5,
+)  # fmt: skip
+
+
+def _llama3_rope_scaling(factor: float) -> dict[str, Any]:
+    """Llama-3's "llama3" RoPE frequency scaling of its 8K-token pretraining context by `factor` (3.2: 32, 3.1: 8)."""
+    return dict(
+        rope_type="llama3", factor=factor, low_freq_factor=1.0, high_freq_factor=4.0,
+        original_max_position_embeddings=8192,
+    )  # fmt: skip
+
+
 _GEMMA2 = dict(
     family="gemma2",
     tokenizer="gemma2",
@@ -199,7 +211,6 @@ LLMS: dict[str, LLMSpec] = {
             name="Llama-3.2-1B",
             hf_id="meta-llama/Llama-3.2-1B",
             **_LLAMA3,
-            **_LLAMA3_ROPE,
             hidden_size=2048,
             num_layers=16,
             num_heads=32,
@@ -209,20 +220,13 @@ LLMS: dict[str, LLMSpec] = {
             tie_word_embeddings=True,
             total_params=1.24e9,
             active_params=1.24e9,
-            rope_scaling=dict(
-                rope_type="llama3",
-                factor=32.0,
-                low_freq_factor=1.0,
-                high_freq_factor=4.0,
-                original_max_position_embeddings=8192,
-            ),
+            rope_scaling=_llama3_rope_scaling(32.0),
         ),
         # https://huggingface.co/meta-llama/Llama-3.2-3B/blob/main/config.json
         LLMSpec(
             name="Llama-3.2-3B",
             hf_id="meta-llama/Llama-3.2-3B",
             **_LLAMA3,
-            **_LLAMA3_ROPE,
             hidden_size=3072,
             num_layers=28,
             num_heads=24,
@@ -232,20 +236,13 @@ LLMS: dict[str, LLMSpec] = {
             tie_word_embeddings=True,
             total_params=3.21e9,
             active_params=3.21e9,
-            rope_scaling=dict(
-                rope_type="llama3",
-                factor=32.0,
-                low_freq_factor=1.0,
-                high_freq_factor=4.0,
-                original_max_position_embeddings=8192,
-            ),
+            rope_scaling=_llama3_rope_scaling(32.0),
         ),
         # https://huggingface.co/meta-llama/Llama-3.1-8B/blob/main/config.json
         LLMSpec(
             name="Llama-3.1-8B",
             hf_id="meta-llama/Llama-3.1-8B",
             **_LLAMA3,
-            **_LLAMA3_ROPE,
             hidden_size=4096,
             num_layers=32,
             num_heads=32,
@@ -254,13 +251,7 @@ LLMS: dict[str, LLMSpec] = {
             tie_word_embeddings=False,
             total_params=8.03e9,
             active_params=8.03e9,
-            rope_scaling=dict(
-                rope_type="llama3",
-                factor=8.0,
-                low_freq_factor=1.0,
-                high_freq_factor=4.0,
-                original_max_position_embeddings=8192,
-            ),
+            rope_scaling=_llama3_rope_scaling(8.0),
         ),
         # https://huggingface.co/google/gemma-2-2b/blob/main/config.json
         LLMSpec(
@@ -473,6 +464,10 @@ def _hf_kwargs(spec: LLMSpec) -> dict[str, Any]:
     return kwargs
 
 
+# The shapes a registry LLM can be built in with random weights (no checkpoint): `tiny_text_config` or `text_config`.
+RandomWeights = Literal["tiny", "real"]
+
+
 def text_config(name: str, **overrides: Any) -> PreTrainedConfig:
     """A `transformers` config of the real shape of LLM `name` (its `*ForCausalLM` class), `overrides` applied last.
 
@@ -571,7 +566,7 @@ LORA_TARGETS: dict[str, tuple[str, ...]] = {
 def lora_targets(config: PreTrainedConfig) -> tuple[str, ...]:
     """The module names LoRA adapts in an LLM of text config `config`: every attention and MLP projection.
 
-    The default of `funasr_swap.train.LoraSettings.target_modules`. A model_type outside the registry raises,
+    The default of `funasr_swap.training.LoraSettings.target_modules`. A model_type outside the registry raises,
     naming the known ones: pass the module names explicitly then.
     """
     if config.model_type not in LORA_TARGETS:

@@ -15,6 +15,7 @@ from transformers import FunAsrNanoConfig, FunAsrNanoEncoderConfig
 from transformers.models.fun_asr_nano.modeling_fun_asr_nano import FunAsrNanoEncoder, FunAsrNanoMultiModalProjector
 
 from funasr_swap.adaptor import adaptor_config_for
+from funasr_swap.base import BASE_LLM
 from funasr_swap.llms import LLMS, count_parameters, get_llm, text_config
 from tokenmap.families import get_family
 from tokenmap.markers import default_strategy
@@ -76,7 +77,7 @@ def available_memory_gib() -> float:
     return psutil.virtual_memory().available / GIB
 
 
-def swap_plan(source: str = "Qwen3-0.6B") -> list[PlanRow]:
+def swap_plan(source: str = BASE_LLM) -> list[PlanRow]:
     """One `PlanRow` per registry LLM, for a swap away from `source`."""
     src = get_llm(source)
     before = adaptor_params(src.name)

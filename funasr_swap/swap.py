@@ -15,7 +15,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, get_args
+from typing import get_args
 
 import torch
 from transformers import (
@@ -30,19 +30,29 @@ from transformers import (
 from funasr_swap.adaptor import Strategy, fit_embedding_bridge, resize_adaptor
 from funasr_swap.compat import fill_gaps
 from funasr_swap.convert import generation_config
-from funasr_swap.llms import LLMSpec, count_parameters, get_llm, load_llm, match_llm, text_config, tiny_text_config
+from funasr_swap.errors import NAMED, SettingError
+from funasr_swap.llms import (
+    LLMSpec,
+    RandomWeights,
+    count_parameters,
+    get_llm,
+    load_llm,
+    match_llm,
+    text_config,
+    tiny_text_config,
+)
 from funasr_swap.plan import INFERENCE_BYTES, available_memory_gib, inference_gib
 from tokenmap.assets import load_tokenizer, tokenizer_fingerprint
+from tokenmap.chat_setup import read_chat_setup, record_chat_setup
 from tokenmap.families import ChatFamily, detect_family, get_family
 from tokenmap.io import atomic_folder
-from tokenmap.markers import SpeechMarkers, default_strategy, resolve_speech_markers
+from tokenmap.markers import SpeechMarkers, resolve_speech_markers
+from tokenmap.markers import Strategy as MarkerStrategy  # named apart from the adaptor strategy
 from tokenmap.prompt import build_chat_template
 from tokenmap.vocab_map import VocabMap
 
 SWAP_REPORT_MD = "SWAP_REPORT.md"
 SWAP_REPORT_JSON = "swap_report.json"
-MarkerStrategy = Literal["reuse", "add"]  # tokenmap.markers.Strategy, named apart from the adaptor strategy
-RandomWeights = Literal["tiny", "real"]
 RANDOM_WEIGHTS: tuple[str, ...] = get_args(RandomWeights)
 RANDOM_WEIGHTS_BYTES = 4  # a random LLM is built in float32
 
@@ -136,28 +146,38 @@ def _check_fits_in_memory(spec: LLMSpec) -> None:
         )
 
 
-def _target_llm(
-    target: str | os.PathLike, random_weights: RandomWeights | None, seed: int
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, LLMSpec | None, str]:
-    """(causal LM, its tokenizer, registry entry, display name) for a local folder, or for a registry name with
-    `random_weights`. Each call loads or builds a new model: the swap owns it."""
+def check_target(target: str | os.PathLike, random_weights: RandomWeights | None) -> LLMSpec | None:
+    """Check, before anything loads, that `swap_llm`'s `target` and `random_weights` go together: a local LLM folder
+    (its weights are loaded) without random weights, or a registry name with them. Returns the registry entry of a
+    name, None for a folder; KeyError listing the registry for an unknown name, `SettingError` for a mismatch."""
     if random_weights is not None and random_weights not in RANDOM_WEIGHTS:
         raise ValueError(f"random_weights must be one of {', '.join(RANDOM_WEIGHTS)} or None, got {random_weights!r}")
     if Path(target).expanduser().is_dir():
         if random_weights is not None:
-            raise ValueError(
-                f"target {target} is an LLM folder, whose weights are loaded: random_weights={random_weights!r} "
-                "applies to registry names only; leave it None"
-            )
-        loaded = load_llm(target)
-        return loaded.model, loaded.tokenizer, loaded.spec, str(target)
+            raise SettingError("{random_weights} is for registry names; {target} is a folder, whose weights are "
+                               "loaded: leave the random weights out", random_weights=random_weights,
+                               target=str(target))  # fmt: skip
+        return None
     spec = get_llm(str(target))  # KeyError listing the registry for anything else
     if random_weights is None:
-        raise ValueError(
-            f"target {target!r} is a registry name, not an LLM folder: it has no weights. Pass random_weights='tiny' "
-            "(a small model of its family) or 'real' (its real shape), both with random weights, or the path of a "
-            "local LLM folder"
-        )
+        raise SettingError(
+            f"{{target}}: no such folder, and the registry's {spec.name} has no weights: pass the LLM's folder, or "
+            f"{{random_weights}} ({' or '.join(RANDOM_WEIGHTS)}: a small model of its family or its real shape) to "
+            "build it with random weights",
+            target=str(target), random_weights=NAMED,
+        )  # fmt: skip
+    return spec
+
+
+def _target_llm(
+    target: str | os.PathLike, random_weights: RandomWeights | None, seed: int
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, LLMSpec | None, str]:
+    """(causal LM, its tokenizer, registry entry, display name) for a local folder, or for a registry name with
+    `random_weights` (`check_target`). Each call loads or builds a new model: the swap owns it."""
+    spec = check_target(target, random_weights)
+    if spec is None:
+        loaded = load_llm(target)
+        return loaded.model, loaded.tokenizer, loaded.spec, str(target)
     if random_weights == "real":
         _check_fits_in_memory(spec)
     config = tiny_text_config(spec.name) if random_weights == "tiny" else text_config(spec.name)
@@ -211,7 +231,7 @@ def swap_llm(
             `random_weights`.
         markers: how to find the audio placeholder (and `boundaries`) in the target tokenizer: `reuse` an unused
             special token, or `add` new ones (their embedding rows are created and stay trainable); None: the
-            family's default (`tokenmap.markers.default_strategy`).
+            family's default (`tokenmap.markers.resolve_speech_markers`).
         strategy: `fresh` re-initialises the adaptor's output side; `bridge` widens the old adaptor through a map
             fitted between the two LLMs' input embeddings over their shared tokens.
         random_weights: for a registry name only, and required with one: build the LLM with random weights (seeded
@@ -222,9 +242,8 @@ def swap_llm(
     llm, tokenizer, spec, target_name = _target_llm(target, random_weights, seed)
     tokenizer = copy.deepcopy(tokenizer)  # `add` markers mutate it
     family: ChatFamily = get_family(spec.family) if spec else detect_family(tokenizer)
-    source_family = detect_family(processor.tokenizer)
+    source_family = read_chat_setup(processor.tokenizer, processor.audio_token).family
     same_vocabulary = tokenizer_fingerprint(processor.tokenizer) == tokenizer_fingerprint(tokenizer)
-    markers = markers if markers is not None else default_strategy(family)
     speech: SpeechMarkers = resolve_speech_markers(tokenizer, markers, boundaries=boundaries, family=family)
     warnings: list[str] = []
     if speech.added_ids:
@@ -289,6 +308,7 @@ def swap_llm(
         warnings.append(f"the target tokenizer has no pad token; using its eos {tokenizer.eos_token!r}")
     template = build_chat_template(family, speech)
     tokenizer.chat_template = template
+    record_chat_setup(tokenizer, family, speech)  # saved with the tokenizer: data, export and the demo read it
     new_processor = FunAsrNanoProcessor(
         feature_extractor=copy.deepcopy(processor.feature_extractor),
         tokenizer=tokenizer,
@@ -325,6 +345,6 @@ def swap_llm(
 
 def set_trainable(model: FunAsrNanoForConditionalGeneration) -> None:
     """Freeze everything but the adaptor. Rows of added speech markers (`SwapReport.added_token_ids`) train through
-    `funasr_swap.train.setup_trainable` (`TrainableTokenRows`): a few rows, not the whole embedding matrix."""
+    `funasr_swap.training.setup_trainable` (`TrainableTokenRows`): a few rows, not the whole embedding matrix."""
     model.requires_grad_(False)
     model.model.multi_modal_projector.requires_grad_(True)

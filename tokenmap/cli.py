@@ -19,7 +19,7 @@ import json
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, get_args
 
 import typer
 from rich.console import Console
@@ -29,7 +29,7 @@ from rich.text import Text
 from tokenmap.assets import SOURCES, fetch, load_tokenizer
 from tokenmap.families import FAMILIES, ChatFamily, detect_family, get_family
 from tokenmap.io import atomic_folder, atomic_write_lines, check_writable, parse_json_object
-from tokenmap.markers import Strategy, default_strategy, resolve_speech_markers
+from tokenmap.markers import Strategy, resolve_speech_markers
 from tokenmap.prompt import (
     LANGUAGE_NAMES,
     AsrTask,
@@ -99,12 +99,10 @@ MarkersOpt = Annotated[
 ]
 
 
-def _marker_strategy(markers: str | None, family: ChatFamily) -> Strategy:
-    """The --markers value, checked; when not given, the family's default (`tokenmap.markers.default_strategy`)."""
-    if markers is None:
-        return default_strategy(family)
-    if markers not in ("reuse", "add"):
-        raise CliError(f"--markers must be reuse or add, got {markers!r}")
+def _marker_strategy(markers: str | None) -> Strategy | None:
+    """The --markers value, checked; None when not given (`resolve_speech_markers` then takes the family's)."""
+    if markers is not None and markers not in get_args(Strategy):
+        raise CliError(f"--markers must be {' or '.join(get_args(Strategy))}, got {markers!r}")
     return markers  # type: ignore[return-value]
 
 
@@ -221,7 +219,7 @@ def prompt_command(
     fam = get_family(family) if family in FAMILIES else None
     tok = load_tokenizer(tokenizer or family)
     fam = fam or detect_family(tok)
-    speech = resolve_speech_markers(tok, _marker_strategy(markers, fam), family=fam)
+    speech = resolve_speech_markers(tok, _marker_strategy(markers), family=fam)
     prompt = build_asr_prompt(tok, frames, task, target, family=fam, markers=speech)
     text = Text()
     for token in prompt_tokens(tok, prompt, task, template=build_chat_template(fam, speech)):
@@ -252,7 +250,7 @@ def add_markers_command(
     check_writable(output, folder=True)
     tok = load_tokenizer(tokenizer)
     fam = detect_family(tok)
-    speech = resolve_speech_markers(tok, _marker_strategy(markers, fam), boundaries=boundaries, family=fam)
+    speech = resolve_speech_markers(tok, _marker_strategy(markers), boundaries=boundaries, family=fam)
     with atomic_folder(output) as tmp:
         tok.save_pretrained(tmp)
         (tmp / "speech_markers.json").write_text(json.dumps(speech.tokens, ensure_ascii=False, indent=2))

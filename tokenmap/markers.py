@@ -63,12 +63,13 @@ def default_strategy(family: str | ChatFamily) -> Strategy:
 
 def resolve_speech_markers(
     tokenizer: PreTrainedTokenizerBase,
-    strategy: Strategy = "reuse",
+    strategy: Strategy | None = None,
     *,
     boundaries: bool = False,
     family: str | ChatFamily | None = None,
 ) -> SpeechMarkers:
-    """Resolve speech markers for `tokenizer`.
+    """Resolve speech markers for `tokenizer` (of `family`, detected when None) by `strategy`; None: the family's
+    default (`default_strategy`), the one place that applies it.
 
     `reuse` takes the family's first unused special tokens in id order (placeholder, then start and end when
     `boundaries`), and fails with a message suggesting `add` when there are not enough. `add` adds
@@ -76,6 +77,7 @@ def resolve_speech_markers(
     any that already exist, and reports the new ids in `added_ids`.
     """
     fam = get_family(family) if family is not None else detect_family(tokenizer)
+    strategy = strategy if strategy is not None else default_strategy(fam)
     wanted = 3 if boundaries else 1
     if strategy == "reuse":
         free = fam.unused_special_tokens(tokenizer)

@@ -9,6 +9,7 @@ construction; for qwen3 with the default system prompt the result is the referen
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 from collections.abc import Sequence
@@ -190,16 +191,24 @@ def check_user_text(tokenizer: PreTrainedTokenizerBase, template: str, field: st
     Raises ValueError naming the field and the token; `allow_special_text=True` in `build_asr_prompt` encodes such
     text as ordinary characters instead.
     """
-    _refuse_control_text(control_tokens(tokenizer, template), field, texts)
+    refuse_control_text(control_tokens(tokenizer, template), field, texts)
 
 
-def _refuse_control_text(controls: Sequence[str], field: str, texts: Sequence[str]) -> None:
+def refuse_control_text(
+    controls: Sequence[str], field: str, texts: Sequence[str], *, suggest_allow_special_text: bool = True
+) -> None:
+    """The control-token refusal, for every prompt that user text goes into (training, `transcribe`, the edge
+    runtime, which keeps `controls` in its edge.json rather than a tokenizer): ValueError naming `field`, the text
+    and the first of `controls` (`control_tokens`) it spells. With `suggest_allow_special_text` the message says how to
+    encode such text as ordinary characters (`allow_special_text=True`), where the caller can."""
     for text in texts:
         if (special := spelled_control_token(text, controls)) is not None:
-            raise ValueError(
-                f"{field} {text!r} contains the special token {special!r}; remove it, or pass "
-                "allow_special_text=True to encode it as ordinary text (it never becomes a control token)"
+            how = (
+                ", or pass allow_special_text=True to encode it as ordinary text (it never becomes a control token)"
+                if suggest_allow_special_text
+                else ""
             )
+            raise ValueError(f"{field} {text!r} contains the special token {special!r}; remove it{how}")
 
 
 def spelled_control_token(text: str, controls: Sequence[str]) -> str | None:
@@ -247,7 +256,7 @@ def build_asr_prompt(
         controls = control_tokens(tokenizer, template)  # once: it reads every added token (Gemma-2: thousands)
         for field, texts in (("system prompt", [system]), ("context", task.context), ("hotword", task.hotwords),
                              ("target text", [] if target is None else [target])):  # fmt: skip
-            _refuse_control_text(controls, field, texts)
+            refuse_control_text(controls, field, texts)
     messages = [{"role": "system", "content": system}, {"role": "user", "content": task.user_content()}]
     extra = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
     prompt = _render_ids(tokenizer, template, messages, add_generation_prompt=True, **extra)
@@ -315,7 +324,7 @@ class AsrPromptBuilder:
         prompt, before, after = self._tasks[task]
         if target is None:
             return prompt.with_audio_length(n_audio_frames)
-        _refuse_control_text(self.controls, "target text", [target])
+        refuse_control_text(self.controls, "target text", [target])
         return self._with_target(prompt, before, after, target).with_audio_length(n_audio_frames)
 
     def _build(self, n_audio_frames: int, task: AsrTask, target: str | None) -> AsrPrompt:
@@ -365,13 +374,14 @@ ROLE_COLOURS = {
 @dataclass(frozen=True)
 class PromptToken:
     """One token of a rendered ASR prompt: its id and text, the part of the conversation it belongs to (a key of
-    `ROLE_COLOURS`), and whether it is a control token (`control_tokens`: role and speech markers, end of
-    turn...)."""
+    `ROLE_COLOURS`), whether it is a control token (`control_tokens`: role and speech markers, end of turn...), and
+    how many times it repeats (the audio placeholder's run, with `prompt_tokens(merge_audio=True)`)."""
 
     id: int
     text: str
     role: str
     special: bool
+    count: int = 1
 
 
 def prompt_tokens(
@@ -381,10 +391,12 @@ def prompt_tokens(
     *,
     template: str,
     system: str = DEFAULT_SYSTEM,
+    merge_audio: bool = False,
 ) -> list[PromptToken]:
     """The tokens of `prompt` (built by `build_asr_prompt` from `task`, `system` and the chat `template`), each with
     its role: the template renders prefixes of the conversation to prefixes of the ids, so the system and user
-    turns end where their renderings end; the audio placeholders are "audio", the answer "target"."""
+    turns end where their renderings end; the audio placeholders are "audio", the answer "target". `merge_audio`
+    gives the audio placeholders as one token with their count (a clip of seconds has dozens)."""
     system_turn = [{"role": "system", "content": system}]
     user_turn = system_turn + [{"role": "user", "content": task.user_content()}]
     ends = [
@@ -398,11 +410,15 @@ def prompt_tokens(
     for index, token_id in enumerate(prompt.input_ids):
         role = "audio" if index in audio else next((name for end, name in ends if index < end), "target")
         tokens.append(PromptToken(token_id, tokenizer.decode([token_id]), role, token_id in special))
+    if merge_audio:
+        audio_run = dataclasses.replace(tokens[prompt.audio_start], count=prompt.audio_length)
+        tokens[audio.start : audio.stop] = [audio_run]
     return tokens
 
 
 def prompt_html(tokens: Sequence[PromptToken]) -> str:
-    """`tokens` as HTML: one box per token coloured by role, its id beneath, special tokens in bold; a legend."""
+    """`tokens` as HTML: one box per token coloured by role, its id beneath (and the repeat count of a run), special
+    tokens in bold; a legend."""
     legend = " ".join(
         f'<span style="background:{colour};padding:1px 4px;border-radius:3px">{role}</span>'
         for role, colour in ROLE_COLOURS.items()
@@ -410,6 +426,7 @@ def prompt_html(tokens: Sequence[PromptToken]) -> str:
     boxes = []
     for token in tokens:
         text = html.escape(token.text).replace("\n", "\u21b5").replace(" ", "\u00a0") or "&nbsp;"
+        text += f" \u00d7{token.count}" if token.count > 1 else ""
         weight = "bold" if token.special else "normal"
         boxes.append(
             f'<span style="display:inline-block;text-align:center;margin:1px;padding:1px 3px;border-radius:3px;'

@@ -288,12 +288,10 @@ class EdgeModel:
 
     def prompt(self, language: str | None, hotwords: Sequence[str], itn: bool) -> tuple[list[int], list[int]]:
         """The ids before and after the audio for a task, as `funasr_swap.transcribe.prompt_ids` builds them."""
-        from tokenmap.prompt import spelled_control_token
+        from tokenmap.prompt import refuse_control_text
 
         for field, texts in (("hotword", hotwords), ("language", [language] if language else [])):
-            for text in texts:
-                if (token := spelled_control_token(text, self.config.control_tokens)) is not None:
-                    raise ValueError(f"{field} {text!r} contains the special token {token!r}; remove it")
+            refuse_control_text(self.config.control_tokens, field, texts, suggest_allow_special_text=False)
         task: TaskPrompt = self.config.prompt(language, itn)
         if not hotwords:
             return task.before, task.after

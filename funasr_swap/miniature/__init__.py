@@ -7,7 +7,7 @@ module per stage, each callable by name (the notebooks do):
     2. LLMs     `copy_task.pretrain_llm`: a tiny LLM per family (real class, real tokenizer, real vocabulary size),
                 pretrained on a copy task so that it reads its context as a real LLM reads its prompt
     3. base     `runs.train_base`: tiny Fun-ASR-Nano (SAN-M encoder + adaptor + the pretrained tiny Qwen3) trained
-                jointly (encoder, adaptor, LoRA on the LLM) with `funasr_swap.train`
+                jointly (encoder, adaptor, LoRA on the LLM) with `funasr_swap.training`
     4. swaps    `runs.train_swap`: `swap_llm` into each target family's tiny LLM (Llama-3.2, Gemma-2 and
                 DeepSeek-V2-Lite by default; Qwen3-1.7B, the same family wider, when asked for); the encoder
                 frozen, the adaptor retrained with LoRA on the frozen LLM and a CTC loss that pulls the adaptor's

@@ -60,11 +60,11 @@ def _copy_data(
 ) -> tuple[_CopyPrompt, list[list[int]]]:
     """The family's ASR prompt around the audio slot, and each text's answer ids (text and end of turn) exactly as
     `build_asr_prompt` (so the collator) renders them: some templates put a space before the answer."""
-    from tokenmap.markers import default_strategy, resolve_speech_markers
+    from tokenmap.markers import resolve_speech_markers
     from tokenmap.prompt import AsrPromptBuilder
 
     tokenizer = copy.deepcopy(tokenizer)  # `add` markers extend it
-    markers = resolve_speech_markers(tokenizer, default_strategy(family), family=family)
+    markers = resolve_speech_markers(tokenizer, family=family)  # the family's default strategy
     build = AsrPromptBuilder(tokenizer, family=family, markers=markers)  # the template rendered once, not per text
     answers = []
     for text in texts:

@@ -41,7 +41,7 @@ __all__ = [
 
 DEFAULT_OUTPUT = "runs/quickstart"  # where the quickstart builds its world unless told otherwise (its CLI's -o)
 INDEX_FILE = "models.json"
-MODEL_DIR = "final"  # the model folder inside a run folder (funasr_swap.train's final save)
+MODEL_DIR = "final"  # the model folder inside a run folder (funasr_swap.training's final save)
 
 # What each stage depends on: its folder's name is a hash of these settings (and of the stages before it).
 CORPUS_FIELDS = ("utterances", "seed")

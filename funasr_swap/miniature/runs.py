@@ -1,6 +1,6 @@
 """The miniature's training runs: the base trained jointly, and each swap's adaptor retraining, with test scores.
 
-Each run trains in its own folder through `funasr_swap.train.train` (an interrupted run resumes from its
+Each run trains in its own folder through `funasr_swap.training.train` (an interrupted run resumes from its
 checkpoint), is scored on the test split, and writes `result.json` last: a folder with it holds a finished run,
 which `cached_run` reads back before any model is built.
 
@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from funasr_swap.base import BASE_LLM
+from funasr_swap.llms import get_llm
 from funasr_swap.miniature.config import FAMILY_LLMS, MiniatureConfig
 from funasr_swap.miniature.world_loss import WorldLoss
 from tokenmap.io import atomic_write_lines
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from transformers import FunAsrNanoForConditionalGeneration, FunAsrNanoProcessor
 
     from funasr_swap.swap import SwappedModel
-    from funasr_swap.train import LoraSettings, TrainConfig
+    from funasr_swap.training import LoraSettings, TrainConfig
 
 __all__ = [
     "RESULT_FILE", "RunResult", "build_base", "cached_run", "load_corpus", "retrain_adaptor", "swap_into", "train_base",
@@ -42,7 +43,6 @@ __all__ = [
 ]  # fmt: skip
 
 RESULT_FILE = "result.json"  # written last: its presence marks a finished run
-BASE_FAMILY = "qwen3"
 
 
 def build_base(
@@ -110,9 +110,9 @@ def _train_and_test(
     ctc_weight: float = 0.0,
     on_step: Callable[[int, float], None] | None = None,
 ) -> RunResult:
-    """`funasr_swap.train.train` with the world loss (`on_step` after each step), then the test CER: `run` filled in
+    """`funasr_swap.training.train` with the world loss (`on_step` after each step), then the test CER: `run` filled in
     and written as `result.json`, the run folder's last file."""
-    from funasr_swap.train import evaluate, train
+    from funasr_swap.training import evaluate, train
 
     def count_trainable(step: int, loss: float) -> None:  # once the trainer has set what trains (LoRA included)
         if not run.trainable:
@@ -133,7 +133,7 @@ def _train_and_test(
 
 
 def _train_config(folder: Path, config: MiniatureConfig, **options) -> TrainConfig:
-    from funasr_swap.train import TrainConfig
+    from funasr_swap.training import TrainConfig
 
     return TrainConfig(
         output_dir=folder, warmup_steps=config.warmup_steps, save_every=0, keep_last=1, seed=config.seed,
@@ -144,7 +144,7 @@ def _train_config(folder: Path, config: MiniatureConfig, **options) -> TrainConf
 def _lora(rank: int) -> LoraSettings | None:
     """LoRA of `rank` on the registry's targets, every attention and MLP projection of the LLM (alpha 2 x rank);
     None for rank 0."""
-    from funasr_swap.train import LoraSettings
+    from funasr_swap.training import LoraSettings
 
     return LoraSettings(r=rank, alpha=2 * rank) if rank else None
 
@@ -163,26 +163,23 @@ def train_base(
         folder, config, max_steps=config.base_steps, batch_size=config.batch_size, lr=config.base_lr,
         eval_every=config.base_eval_every, unfreeze_encoder=True, lora=_lora(config.lora_rank), audio_cache="features",
     )  # fmt: skip
-    run = RunResult("base", BASE_LLM, BASE_FAMILY, "joint", 0, 0, 0.0, None, math.nan, math.nan, [])
+    run = RunResult("base", BASE_LLM, get_llm(BASE_LLM).family, "joint", 0, 0, 0.0, None, math.nan, math.nan, [])
     return _train_and_test(run, model, processor, data, train_config, config.base_ctc_weight, on_step=on_step)
 
 
 def swap_into(
-    base_folder: str | os.PathLike, llm_folder: str | os.PathLike, family: str, strategy: str, config: MiniatureConfig
+    base_folder: str | os.PathLike, llm_folder: str | os.PathLike, strategy: str, config: MiniatureConfig
 ) -> SwappedModel:
-    """The trained base in `base_folder` with its LLM swapped for `family`'s pretrained tiny LLM in `llm_folder`:
-    the family's default marker strategy, the adaptor initialised by `strategy` (`bridge` or `fresh`)."""
+    """The trained base in `base_folder` with its LLM swapped for the pretrained tiny LLM in `llm_folder`: its
+    family's default marker strategy, the adaptor initialised by `strategy` (`bridge` or `fresh`)."""
     from funasr_swap.convert import load_base
     from funasr_swap.swap import swap_llm
-    from tokenmap.markers import default_strategy
 
     base, processor = load_base(base_folder)
     with warnings.catch_warnings():
         # the tiny LLMs are registry shapes scaled down: load_llm warns that no registry entry has their shape
         warnings.filterwarnings("ignore", message=r".*is not in the funasr_swap LLM registry.*")
-        return swap_llm(
-            base, processor, llm_folder, strategy=strategy, markers=default_strategy(family), seed=config.seed
-        )
+        return swap_llm(base, processor, llm_folder, strategy=strategy, seed=config.seed)
 
 
 def retrain_adaptor(
@@ -194,7 +191,7 @@ def retrain_adaptor(
     Writes the swap's report (`SWAP_REPORT.md`, `swap_report.json`) first and `result.json` last; the model is
     `folder/final`."""
     from funasr_swap.swap import SWAP_REPORT_JSON, SWAP_REPORT_MD
-    from funasr_swap.train import evaluate
+    from funasr_swap.training import evaluate
 
     folder, report = Path(folder), swapped.report
     atomic_write_lines(folder / SWAP_REPORT_MD, [report.to_markdown()])
@@ -221,7 +218,7 @@ def train_swap(
     can run in a worker process; a finished run is read back, not repeated."""
     if (run := cached_run(folder)) is not None:  # before the swap and its test score
         return run
-    swapped = swap_into(base_folder, llm_folder, family, strategy, config)
+    swapped = swap_into(base_folder, llm_folder, strategy, config)
     return retrain_adaptor(swapped, folder, load_corpus(corpus, config), config)
 
 

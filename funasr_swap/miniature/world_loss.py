@@ -64,7 +64,7 @@ def adaptor_ctc_loss(
 
 
 class WorldLoss:
-    """`funasr_swap.train.supervised_loss` for a model whose LM head is zero outside its world rows, computed
+    """`funasr_swap.training.supervised_loss` for a model whose LM head is zero outside its world rows, computed
     exactly over the world rows only (the module docstring says why), plus `ctc_weight` times `adaptor_ctc_loss`
     against the transcript (the answer without its end of turn).
 
@@ -77,14 +77,14 @@ class WorldLoss:
         self.rows = (weight != 0).any(dim=1).nonzero()[:, 0]  # (K,)
         self.n_zero = weight.shape[0] - len(self.rows)
         if self.n_zero == 0:
-            raise ValueError("WorldLoss: the LM head has no zero rows; use funasr_swap.train.supervised_loss")
+            raise ValueError("WorldLoss: the LM head has no zero rows; use funasr_swap.training.supervised_loss")
         self.index = torch.full((weight.shape[0],), -1, dtype=torch.long)  # vocabulary id -> world row
         self.index[self.rows] = torch.arange(len(self.rows))
         self.softcap = getattr(model.config.text_config, "final_logit_softcapping", None)
         self.ctc_weight = ctc_weight
 
     def __call__(self, model: FunAsrNanoForConditionalGeneration, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        from funasr_swap.train import supervised_states
+        from funasr_swap.training.step import supervised_states
 
         weight = model.lm_head.weight
         if weight.requires_grad:

@@ -63,7 +63,7 @@ def test_a_person_compares_an_example_and_is_told_a_file_is_too_large(
 
         page.get_by_role("tab", name="Prompts").click()
         placeholder = world_models[0].processor.audio_token
-        page.locator(".tok-speech", has_text=placeholder).first.wait_for()
+        page.locator("span[title^='audio ']", has_text=placeholder).first.wait_for()
     assert (tmp_path / "compare.png").stat().st_size > 0
     print(f"screenshots in {tmp_path}")
 

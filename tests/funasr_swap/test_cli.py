@@ -9,6 +9,7 @@ import inspect
 import json
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,8 @@ from funasr_swap.llms import LLMS
 from funasr_swap.plan import swap_plan
 from funasr_swap.swap import swap_llm
 from funasr_swap.synth import synthesize
-from funasr_swap.train import STATE_FILE, LoraSettings, TrainConfig, evaluate
+from funasr_swap.training import LoraSettings, TrainConfig, evaluate
+from funasr_swap.training.checkpoints import STATE_FILE
 from funasr_swap.transcribe import DEFAULT_MAX_AUDIO_SECONDS, transcribe
 
 RATE = 16000
@@ -115,6 +117,19 @@ def test_starting_the_cli_imports_no_torch():
     """Defaults are read from the library only when a command needs them: `funasr-swap --help` stays fast."""
     code = "import sys, funasr_swap.cli; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
+
+
+def test_the_choices_of_options_are_the_librarys_values():
+    from funasr_swap import cli
+    from funasr_swap.adaptor import Strategy as AdaptorStrategy
+    from funasr_swap.gguf import OutType as GgufOutType
+    from funasr_swap.llms import RandomWeights as Shapes
+    from tokenmap.markers import Strategy as MarkerStrategy
+
+    library = {cli.Adaptor: AdaptorStrategy, cli.Markers: MarkerStrategy, cli.RandomWeights: Shapes,
+               cli.OutType: GgufOutType}  # fmt: skip
+    for choices, literal in library.items():
+        assert tuple(choice.value for choice in choices) == typing.get_args(literal), choices
 
 
 def defaults(command: str) -> dict:

@@ -5,6 +5,7 @@ fit), and no tensor shared with the base."""
 from __future__ import annotations
 
 import functools
+import shutil
 import warnings
 from copy import deepcopy
 
@@ -19,10 +20,11 @@ from funasr_swap.compat import restore_logit_softcapping
 from funasr_swap.features import load_processor
 from funasr_swap.llms import LLMS
 from funasr_swap.plan import inference_gib
-from funasr_swap.swap import _check_fits_in_memory, _target_llm, read_swap_report, swap_llm
+from funasr_swap.swap import _check_fits_in_memory, _target_llm, check_target, read_swap_report, swap_llm
 from funasr_swap.transcribe import transcribe
 from tests.conftest import real_tokenizer
-from tokenmap.families import get_family
+from tokenmap.chat_setup import CHAT_SETUP_KEY, read_chat_setup
+from tokenmap.families import detect_family, get_family
 from tokenmap.markers import default_strategy
 from tokenmap.prompt import AsrTask, build_asr_prompt
 
@@ -179,6 +181,12 @@ def test_bridge_fits_over_the_shared_vocabulary():
     assert result.report.bridge["widening_rel_error"] < 1e-4
 
 
+def test_check_target_gives_a_names_registry_entry_before_anything_loads(tmp_path):
+    # the check swap_llm makes first (its refusals: the test below), and the CLI's swap before the base loads
+    assert check_target(tmp_path, None) is None
+    assert check_target("Llama-3.2-1B", "tiny") is LLMS["Llama-3.2-1B"]
+
+
 def test_unsatisfiable_markers_unknown_target_and_bad_folder(tmp_path):
     model, processor = base()
     with pytest.raises(ValueError, match="strategy 'add'"):
@@ -210,11 +218,13 @@ def test_default_marker_strategy_resolves_on_the_familys_tokenizer(family):
 
 def test_a_registry_name_needs_random_weights_and_a_folder_refuses_them(tmp_path):
     model, processor = base()
-    with pytest.raises(ValueError, match="random_weights='tiny'.*or the path of a local LLM folder"):
+    with pytest.raises(ValueError, match=r"target='Llama-3.2-1B': no such folder, .* or random_weights \(tiny or real"):
         swap_llm(model, processor, "Llama-3.2-1B")
     with pytest.raises(ValueError, match="random_weights must be one of tiny, real or None, got 'small'"):
         swap_llm(model, processor, "Llama-3.2-1B", random_weights="small")
-    with pytest.raises(ValueError, match=f"target {tmp_path} is an LLM folder.*random_weights='tiny'"):
+    with pytest.raises(
+        ValueError, match=f"random_weights='tiny' is for registry names; target='{tmp_path}' is a folder"
+    ):
         swap_llm(model, processor, tmp_path, random_weights="tiny")
 
 
@@ -287,3 +297,52 @@ def test_a_swap_shares_no_tensor_or_config_with_its_base(target, llm_folder):
     again = _swap_folder(llm_folder) if target == "folder" else swap_llm(model, processor, "Llama-3.2-1B",
                                                                          random_weights="tiny", seed=1)  # fmt: skip
     assert not _storages(result.model) & _storages(again.model)  # siblings neither
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The chat setup saved with the swap, and the places that read it
+
+
+@pytest.fixture(scope="module")
+def deepseek_llm_run(tmp_path_factory):
+    """A tiny DeepSeek-7B swap (deepseek-llm: its tokenizer shares every special token with deepseek-v2's) with
+    added boundary markers, saved, and a copy without its swap report, as a training run's final folder holds it."""
+    base, processor = tiny_base()
+    swapped = swap_llm(base, processor, "DeepSeek-7B", markers="add", boundaries=True, random_weights="tiny")
+    folder = swapped.save(tmp_path_factory.mktemp("swap") / "deepseek-llm")
+    final = tmp_path_factory.mktemp("run") / "final"
+    shutil.copytree(folder, final, ignore=shutil.ignore_patterns("SWAP_REPORT.md", "swap_report.json"))
+    return swapped, final
+
+
+def test_the_chat_setup_saved_with_a_swap_is_what_data_and_the_demo_read(deepseek_llm_run):
+    from demos.models import load_models
+    from demos.prompt_view import model_prompt_tokens
+    from funasr_swap.data import AsrCollator
+
+    swapped, final = deepseek_llm_run
+    markers = swapped.processor.tokenizer.init_kwargs[CHAT_SETUP_KEY]["markers"]
+    processor = load_processor(final)
+    assert detect_family(processor.tokenizer).name == "deepseek-v2"  # what guessing from the tokenizer says
+    chat = read_chat_setup(processor.tokenizer, processor.audio_token)
+    assert (chat.family.name, chat.recorded, chat.markers.strategy) == ("deepseek-llm", True, "add")
+    assert [chat.markers.placeholder, chat.markers.start, chat.markers.end] == [
+        markers["placeholder"], "<|startofspeech|>", "<|endofspeech|>"
+    ]  # fmt: skip
+    assert chat.markers.added_ids == tuple(swapped.report.added_token_ids)
+
+    collator = AsrCollator(processor)
+    assert (collator.family.name, collator.markers) == ("deepseek-llm", chat.markers)
+    [model] = load_models([final])
+    assert (model.card.family, model.card.marker_strategy) == ("deepseek-llm", "add")
+    tokens = model_prompt_tokens(processor, 1.0)
+    [run] = [i for i, t in enumerate(tokens) if t.role == "audio"]
+    assert [t.text for t in tokens[run - 1 : run + 2]] == ["<|startofspeech|>", "<|speech_pad|>", "<|endofspeech|>"]
+
+
+@pytest.mark.slow
+def test_export_names_the_family_the_swap_saved(deepseek_llm_run, tmp_path):
+    from funasr_swap.export import export_edge
+
+    _, final = deepseek_llm_run
+    assert export_edge(final, tmp_path / "edge").model_card["family"] == "deepseek-llm"

@@ -7,7 +7,7 @@ from transformers import AutoTokenizer
 
 from tests.conftest import real_tokenizer
 from tokenmap.assets import load_tokenizer
-from tokenmap.markers import ADDED_END, ADDED_PLACEHOLDER, ADDED_START, resolve_speech_markers
+from tokenmap.markers import ADDED_END, ADDED_PLACEHOLDER, ADDED_START, default_strategy, resolve_speech_markers
 
 
 def test_qwen3_base_markers_are_the_checkpoints():
@@ -50,3 +50,9 @@ def test_add_creates_new_special_tokens_that_survive_save_and_load(tmp_path):
 def test_unknown_strategy():
     with pytest.raises(ValueError, match="'reuse' or 'add'"):
         resolve_speech_markers(real_tokenizer("qwen3"), "borrow")
+
+
+@pytest.mark.parametrize(("name", "strategy"), [("qwen3", "reuse"), ("deepseek-v2", "add")])
+def test_no_strategy_means_the_familys_default(name: str, strategy: str):
+    tok = load_tokenizer(name)  # a private copy: `add` mutates the tokenizer
+    assert resolve_speech_markers(tok, family=name).strategy == strategy == default_strategy(name)

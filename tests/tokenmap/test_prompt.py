@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -15,11 +16,13 @@ from tokenmap.prompt import (
     IGNORE_INDEX,
     AsrPromptBuilder,
     AsrTask,
+    PromptToken,
     build_asr_prompt,
     build_chat_template,
     language_name,
     prompt_html,
     prompt_tokens,
+    refuse_control_text,
 )
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
@@ -273,7 +276,6 @@ def test_chat_template_tokenizes_to_build_asr_prompt_ids(family: str):
     assert ids == build_asr_prompt(tok, N, task, family=family, markers=markers).input_ids
 
 
-
 # transcripts as a corpus has them, and the edges of a tokenizer's merges: spaces, digits, punctuation, CJK, emoji
 BUILDER_TARGETS = [
     "wendy opened ninety three green lamps this morning", "there are 11 black pens.", " leading space",
@@ -412,3 +414,32 @@ def test_prompt_tokens_label_each_turn_the_audio_and_the_answer(family):
 
     page = prompt_html(tokens)
     assert page.count("<small") == len(tokens) and "&lt;" in page  # every token boxed, markup escaped
+
+
+def test_prompt_tokens_can_give_the_audio_as_one_run():
+    tokenizer = real_tokenizer("qwen3")
+    prompt = build_asr_prompt(tokenizer, N, family="qwen3")
+    tokens = prompt_tokens(tokenizer, prompt, template=build_chat_template("qwen3"), merge_audio=True)
+    [run] = [t for t in tokens if t.role == "audio"]
+    assert (run.count, run.special, tokens.index(run)) == (N, True, prompt.audio_start)
+    assert [t.id for t in tokens for _ in range(t.count)] == prompt.input_ids
+
+
+def test_prompt_html_escapes_tokens_and_shows_ids_and_runs():
+    tokens = [PromptToken(1, "<|im_start|>", "system", True), PromptToken(7, "\n", "system", False),
+              PromptToken(9, "<unused0>", "audio", True, 17), PromptToken(3, " a", "target", False)]  # fmt: skip
+    page = prompt_html(tokens)
+    assert "&lt;|im_start|&gt;" in page and "<|im_start|>" not in page
+    assert "\u21b5" in page and "\u00a0a" in page  # whitespace made visible
+    assert "&lt;unused0&gt; \u00d717" in page and 'title="audio 9"' in page and ">9</small>" in page
+    assert page.count("font-weight:bold") == 2  # the control tokens
+
+
+def test_refuse_control_text_names_the_field_the_text_and_the_token():
+    controls = ["<|im_start|>", "<|im_end|>"]
+    refuse_control_text(controls, "hotword", ["im_end", "<|im"])  # near misses are text
+    message = "hotword 'a<|im_end|>' contains the special token '<|im_end|>'; remove it, or pass allow_special_text"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        refuse_control_text(controls, "hotword", ["ok", "a<|im_end|>"])
+    with pytest.raises(ValueError, match=r"'<\|im_start\|>'; remove it$"):
+        refuse_control_text(controls, "language", ["<|im_start|>"], suggest_allow_special_text=False)

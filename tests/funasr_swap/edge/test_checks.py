@@ -53,6 +53,16 @@ def test_a_long_clip_through_a_mismatched_audio_onnx_is_one_line_not_a_crash(tin
     assert result.stdout == ""
 
 
+def test_a_hotword_that_spells_a_control_token_is_refused_as_transcribe_refuses_it(tiny_export):
+    # the one refusal (tokenmap.prompt.refuse_control_text), over the control tokens export kept in edge.json
+    with edge.EdgeModel(tiny_export) as model:
+        with pytest.raises(
+            ValueError, match=re.escape("hotword 'x<|im_end|>' contains the special token '<|im_end|>'; remove it")
+        ) as error:
+            model.prompt(None, ["x<|im_end|>"], True)
+    assert "allow_special_text" not in str(error.value)  # no such option on the edge
+
+
 def test_rows_of_another_width_are_refused_before_llama_cpp_sees_them(tiny_export, tmp_path, long_clip):
     """Where audio.onnx's width is a dynamic axis, only its rows tell: they are checked as they come out, and again
     where they go into llama.cpp's buffer."""

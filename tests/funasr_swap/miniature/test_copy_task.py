@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from funasr_swap.miniature import QUICK, WorldLoss, build_base, pretrain_llm
-from funasr_swap.train import supervised_loss
+from funasr_swap.training import supervised_loss
 
 TEXTS = ["the red cat sat on the mat", "alice bought two blue cups", "there are five green apples in the park"]
 

@@ -1,18 +1,15 @@
-"""Training curves drawn for notebooks: in place while training runs, as images, without switching the notebook's
-backend."""
+"""A run's history: metrics.jsonl read back, training curves drawn for notebooks (in place while training runs, as
+images), without switching the notebook's backend."""
 
 from __future__ import annotations
 
 import json
 
 import matplotlib
-import matplotlib.figure
 import pytest
-from IPython.core.formatters import DisplayFormatter
 
-from funasr_swap.figures import Figure
-from funasr_swap.live_plot import LiveTrainingPlot
-from funasr_swap.train import METRICS_FILE, history_figure, plot_history, read_history
+from funasr_swap.training.history import METRICS_FILE, LiveTrainingPlot, history_figure, plot_history, read_history
+from tests.funasr_swap.test_figures import shown_as
 
 RECORDS = [
     {"step": 1, "loss": 3.0},
@@ -27,24 +24,6 @@ def test_history_figure_draws_loss_and_validation_cer():
     train, valid = loss.get_lines()
     assert list(train.get_ydata()) == [3.0, 2.5, 2.0, 1.5] and list(valid.get_ydata()) == [2.7, 1.9]
     assert list(cer.get_lines()[0].get_xdata()) == [2, 4] and list(cer.get_lines()[0].get_ydata()) == [0.9, 0.4]
-
-
-def shown_as(figure) -> dict:
-    """What IPython sends to the notebook for `figure` (a cell's value or `display`), by MIME type; a bare
-    `DisplayFormatter`, as in a kernel where nothing has activated matplotlib's inline backend."""
-    data, _ = DisplayFormatter().format(figure)
-    return data
-
-
-def test_a_figure_is_shown_as_a_png_without_the_inline_backend():
-    plain = matplotlib.figure.Figure(figsize=(4, 3))
-    plain.subplots().plot([1, 2, 3])
-    assert set(shown_as(plain)) == {"text/plain"}  # matplotlib's own: "<Figure size 400x300 with 1 Axes>", the bug
-    ours = Figure(figsize=(4, 3))
-    ours.subplots().plot([1, 2, 3])
-    shown = shown_as(ours)
-    assert shown["image/png"][:8] == b"\x89PNG\r\n\x1a\n"
-    assert shown["text/plain"] == "<Figure size 400x300 with 1 Axes>"  # the text fallback stays beside the image
 
 
 def test_history_figure_is_shown_as_a_png():

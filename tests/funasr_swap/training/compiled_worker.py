@@ -1,8 +1,8 @@
 """The tiny base's supervised loss and adaptor gradients, eager then with every layer compiled (`compile_layers`),
-saved for test_train.py, which runs this in a process of its own under glibc's heap checks: compiled CPU code that
+saved for test_step.py, which runs this in a process of its own under glibc's heap checks: compiled CPU code that
 writes outside its buffers aborts this process instead of corrupting the test run's memory.
 
-    python tests/funasr_swap/compiled_worker.py --train T.jsonl --out results.pt
+    python tests/funasr_swap/training/compiled_worker.py --train T.jsonl --out results.pt
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import torch
 
 from funasr_swap.base import tiny_base
 from funasr_swap.data import AsrCollator, load_manifest
-from funasr_swap.train import TrainConfig, _train_mode, compile_layers, setup_trainable, supervised_loss
+from funasr_swap.training import TrainConfig
+from funasr_swap.training.step import compile_layers, setup_trainable, supervised_loss, train_mode
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     model, processor = tiny_base()
     batch = AsrCollator(processor)(load_manifest(args.train).utterances[:3])
     setup_trainable(model, TrainConfig(output_dir=Path("unused")))
-    _train_mode(model)
+    train_mode(model)
     results = {}
     for name, compiled in (("eager", False), ("compiled", True)):
         compile_layers(model, compiled)

@@ -1,12 +1,13 @@
-"""One training run of the tiny base, for test_train.py's runs in other processes: a SIGKILL mid-run then a resume,
+"""One training run of the tiny base, for the training tests' runs in other processes: a SIGKILL mid-run then a resume,
 and two DDP or FSDP2 processes (gloo on CPU) against one. The model is `tiny_base(seed=0)` every time, so runs
 compare. After training it prints how the LLM's first decoder layer's weight is held (`llm weight: ...`): whole, or
 this process's FSDP shard, and Accelerate's distributed type (`distributed: ...`).
 
-    python tests/funasr_swap/ddp_worker.py --train T.jsonl --out DIR --steps 6 --save-every 2 --kill-after 3
-    accelerate launch --config_file configs/accelerate_ddp.yaml tests/funasr_swap/ddp_worker.py --train ... --steps 3
+    python tests/funasr_swap/training/ddp_worker.py --train T.jsonl --out DIR --steps 6 --save-every 2 --kill-after 3
+    accelerate launch --config_file configs/accelerate_ddp.yaml tests/funasr_swap/training/ddp_worker.py \
+        --train ... --steps 3
     accelerate launch --config_file configs/accelerate_fsdp.yaml --num_processes 2 \
-        tests/funasr_swap/ddp_worker.py --train T.jsonl --out DIR --steps 3
+        tests/funasr_swap/training/ddp_worker.py --train T.jsonl --out DIR --steps 3
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch.distributed.tensor import DTensor
 
 from funasr_swap.base import tiny_base
 from funasr_swap.data import load_manifest
-from funasr_swap.train import TrainConfig, TrainResult, train
+from funasr_swap.training import TrainConfig, TrainResult, train
 
 
 def run(argv: list[str] | None = None) -> TrainResult:
