@@ -11,7 +11,9 @@ from pathlib import Path
 
 from funasr_swap.errors import SettingError
 
-__all__ = ["DemoConfig"]
+__all__ = ["DemoConfig", "file_size_bytes"]
+
+_UNITS = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3, "tb": 1024**4}  # Gradio's (gradio.utils.FileSize)
 
 
 @dataclass(frozen=True)
@@ -34,9 +36,17 @@ class DemoConfig:
                 raise ValueError(f"DemoConfig.{name} must be > 0, got {getattr(self, name)!r}")
         if self.max_examples < 0:
             raise ValueError(f"DemoConfig.max_examples must be >= 0, got {self.max_examples}")
-        # Gradio's own form, "<digits><unit>"; Gradio checks it only as it starts serving, after the models load
-        if not re.fullmatch(r"\d+ *(b|kb|mb|gb|tb)", self.max_file_size, re.IGNORECASE):
-            raise SettingError(
-                "{max_file_size}: give a whole number and a unit, b, kb, mb, gb or tb (10mb, 1gb)",
-                owner="DemoConfig", max_file_size=self.max_file_size,
-            )  # fmt: skip
+        # Gradio checks it only as it starts serving, after the models load
+        file_size_bytes(self.max_file_size, owner="DemoConfig")
+
+
+def file_size_bytes(size: str, owner: str = "") -> int:
+    """Bytes of a size in Gradio's form, "<digits><unit>" (10mb, 1gb; units of 1024), as the demo and `funasr-swap
+    serve` take `max_file_size`; anything else is a SettingError naming `max_file_size` (of `owner`)."""
+    match = re.fullmatch(r"(\d+) *(b|kb|mb|gb|tb)", size, re.IGNORECASE)
+    if match is None:
+        raise SettingError(
+            "{max_file_size}: give a whole number and a unit, b, kb, mb, gb or tb (10mb, 1gb)",
+            owner=owner, max_file_size=size,
+        )  # fmt: skip
+    return int(match[1]) * _UNITS[match[2].lower()]
