@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException
 
 from funasr_swap.asr_io import Transcript, load_sources
 from funasr_swap.errors import SettingError
-from funasr_swap.serve.batching import BatchingQueue, QueueFull
+from funasr_swap.serve.batching import BatchingQueue, QueueFull, log
 from funasr_swap.serve.config import ServeConfig
 from funasr_swap.serve.recognizers import Recognizer
 from tokenmap.prompt import language_name
@@ -72,6 +72,7 @@ def build_app(recognizer: Recognizer, config: ServeConfig = ServeConfig()) -> Fa
     call. `recognizer.close()` runs when the app stops."""
     load_sources([], recognizer.sampling_rate, 1, config.max_audio_seconds, recognizer.max_seconds)  # the limit fits
     model_name = config.model_name or recognizer.name
+    created = int(time.time())  # OpenAI's model object says when the model was made; here, when it was loaded
     max_bytes = config.max_file_bytes
 
     @contextlib.asynccontextmanager
@@ -113,17 +114,18 @@ def build_app(recognizer: Recognizer, config: ServeConfig = ServeConfig()) -> Fa
         checked again once read: a body may come without a length)."""
         length = request.headers.get("content-length", "")
         if length.isdigit() and int(length) > max_bytes + FORM_ROOM:
-            return _too_large(int(length)).response()
+            return _too_large("the request", int(length)).response()
         return await call_next(request)
 
-    def _too_large(size: int) -> ApiError:
-        return ApiError(413, f"the file is {size:,} bytes, over this server's limit of {config.max_file_size} "
-                        f"({max_bytes:,} bytes)", param="file", code="file_too_large")  # fmt: skip
+    def _too_large(what: str, size: int) -> ApiError:
+        return ApiError(413, f"{what} is {size:,} bytes, over this server's limit of {config.max_file_size} for the "
+                        f"file ({max_bytes:,} bytes)", param="file", code="file_too_large")  # fmt: skip
 
     @app.get("/v1/models")
     async def models() -> dict:
         """The one model this server serves."""
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "owned_by": "funasr-swap"}]}
+        served = {"id": model_name, "object": "model", "created": created, "owned_by": "funasr-swap"}
+        return {"object": "list", "data": [served]}
 
     @app.post("/v1/audio/transcriptions")
     async def transcriptions(
@@ -150,7 +152,7 @@ def build_app(recognizer: Recognizer, config: ServeConfig = ServeConfig()) -> Fa
                 raise ApiError(400, str(error), param="language") from None
         data = await file.read(max_bytes + 1)
         if len(data) > max_bytes:
-            raise _too_large(file.size or len(data))
+            raise _too_large(_named(file.filename, "the file"), file.size or len(data))
         if not data:
             raise ApiError(400, _named(file.filename, "the file is empty (0 bytes)"), param="file")
         try:
@@ -166,6 +168,9 @@ def build_app(recognizer: Recognizer, config: ServeConfig = ServeConfig()) -> Fa
                            type="server_error", code="queue_full") from None  # fmt: skip
         except ValueError as error:  # the task: a hotword or language that spells a control token
             raise ApiError(400, str(error), param="prompt") from None
+        except Exception as error:  # the model's failure, answered here: unhandled, it would also drop the connection
+            log.exception("the model call failed")
+            raise ApiError(500, f"{type(error).__name__}: {error}", type="server_error") from None
         return _transcript_response(transcript, response_format, language)
 
     return app

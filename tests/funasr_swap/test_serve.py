@@ -5,6 +5,7 @@ flight finish."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import os
 import signal
@@ -18,6 +19,7 @@ import numpy as np
 import openai
 import pytest
 import soundfile
+import typer
 
 from funasr_swap.errors import SettingError
 from funasr_swap.serve import ServeConfig
@@ -150,8 +152,8 @@ BAD_REQUESTS = {
     "too long": (dict(file=("long.wav", "6 s")), 400, "long.wav: audio is 6.0 s long, longer than the server's "
                  "--max-seconds 5"),
     "too short": (dict(file=("short.wav", "1 ms")), 400, "short.wav: audio is 0.001 s long, shorter than one"),
-    "too large": (dict(file=("big.wav", b"\0" * 320_000)), 413, "the file is 320,000 bytes, over this server's limit"),
-    "far too large: refused unread": (dict(file=("big.wav", b"\0" * 400_000)), 413, "over this server's limit of"),
+    "too large": (dict(file=("big.wav", b"\0" * 320_000)), 413, "big.wav: the file is 320,000 bytes, over this"),
+    "far too large: refused unread": (dict(file=("big.wav", b"\0" * 400_000)), 413, "the request is 400,"),
     "unknown response_format": (dict(response_format="srt"), 400, "response_format 'srt' is not served"),
     "another model": (dict(model="whisper-1"), 404, "model 'whisper-1' is not served here"),
     "unknown language": (dict(language="xx"), 400, "unknown language 'xx'"),
@@ -194,6 +196,27 @@ def test_requests_openais_client_does_not_send_get_openais_error_shape(server, c
         response = httpx.post(url, data=request_["data"], files=files or {"unused": ("x", b"")})
     assert response.status_code == status
     assert message in response.json()["error"]["message"]
+
+
+def test_a_failing_model_call_gets_a_500_and_the_server_goes_on(base, clips, expected):
+    model, processor = base
+    working = pytorch_recognizer(model, processor, "tiny", MAX_NEW_TOKENS, CONFIG.max_audio_seconds)
+    calls = []
+
+    def fails_first(*args):
+        calls.append(len(calls))
+        if len(calls) == 1:
+            raise RuntimeError("out of memory")
+        return working.transcribe(*args)
+
+    app = build_app(dataclasses.replace(working, transcribe=fails_first), CONFIG)
+    with running(app, bind(CONFIG)) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        with pytest.raises(openai.InternalServerError) as raised:
+            client.audio.transcriptions.create(model="tiny", file=("a.wav", clips[0]))
+        assert raised.value.body == {"message": "RuntimeError: out of memory", "type": "server_error", "param": None,
+                                     "code": None}  # fmt: skip
+        assert client.audio.transcriptions.create(model="tiny", file=("a.wav", clips[0])).text == expected[0]
 
 
 def test_a_busy_port_is_refused_before_the_model_loads(server):
@@ -304,3 +327,47 @@ def test_the_servers_limits_default_to_the_demos():
     assert ServeConfig().max_file_bytes == 10 * 1024**2 and ServeConfig().host == "127.0.0.1"
     with pytest.raises(SettingError, match="ServeConfig.max_file_size='ten': give a whole number"):
         ServeConfig(max_file_size="ten")
+
+
+def test_the_commands_defaults_are_serve_configs():
+    from funasr_swap.cli import app
+
+    params = {p.name: p.default() if callable(p.default) else p.default
+              for p in typer.main.get_command(app).commands["serve"].params}  # fmt: skip
+    config = ServeConfig()
+    for option in ("host", "port", "max_batch_size", "max_wait_ms", "queue_size", "max_file_size", "max_new_tokens"):
+        assert params[option] == getattr(config, option), option
+    assert (params["name"], params["max_seconds"]) == (config.model_name, config.max_audio_seconds)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "give the model as --model DIR or an export as --edge DIR"),
+        (["--model", "a", "--edge", "b"], "give the model as --model DIR or an export as --edge DIR"),
+        (["--model", "a", "--max-file-size", "ten"], "--max-file-size ten: give a whole number and a unit"),
+        (["--model", "a", "--port", "{busy}"], "--port {busy} on 127.0.0.1 is not free"),
+    ],
+    ids=["neither", "both", "file size", "busy port"],
+)
+def test_the_command_refuses_bad_settings_before_the_model_loads(server, args, message):
+    from typer.testing import CliRunner
+
+    from funasr_swap.cli import app
+
+    busy = server[0].rsplit(":", 1)[1]
+    result = CliRunner().invoke(app, ["serve", *[arg.format(busy=busy) for arg in args]])
+    assert result.exit_code == 1, result.output
+    assert f"error: {message.format(busy=busy)}" in result.output.splitlines()[-1]
+
+
+def test_the_commands_help_teaches_the_endpoint():
+    from typer.testing import CliRunner
+
+    from funasr_swap.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "--help"], terminal_width=120)
+    assert result.exit_code == 0
+    for taught in ("POST /v1/audio/transcriptions", "response_format", "verbose_json", "curl http://127.0.0.1:8000",
+                   "client.audio.transcriptions.create("):  # fmt: skip
+        assert taught in result.output, taught
