@@ -883,7 +883,7 @@ def serve(
 
     \b
     POST /v1/audio/transcriptions takes a multipart form:
-      file             the audio: wav, flac, ogg, mp3, ... (any rate, mono or
+      file             the audio: wav, flac, ogg, ... (any rate, mono or
                        stereo), at most --max-file-size and --max-seconds
       model            the id that GET /v1/models lists (--name)
       language         zh, en or ja; left out: the model's choice

@@ -6,7 +6,7 @@ together batched.
     batching.py     BatchingQueue: a bounded queue, batches by size and wait, one worker thread
     app.py          the FastAPI app (`build_app`), OpenAI's error shape, and serving it (`bind`, `run`, `running`)
 
-This package imports only the config; the rest imports torch or FastAPI when its module is imported.
+Importing the package imports only the config (no torch, no FastAPI): the CLI reads its defaults from there.
 """
 
 from funasr_swap.serve.config import ServeConfig

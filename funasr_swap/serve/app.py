@@ -68,8 +68,8 @@ def _transcript_response(transcript: Transcript, response_format: str, language:
 
 def build_app(recognizer: Recognizer, config: ServeConfig = ServeConfig()) -> FastAPI:
     """The server's app: `recognizer` behind the endpoints, with `config`'s limits and batching. The batching queue
-    starts and stops with the app (its lifespan); `app.state.batching.batch_sizes` lists the clips of every model
-    call. `recognizer.close()` runs when the app stops."""
+    starts and stops with the app (its lifespan); `app.state.batching.batch_sizes` counts the model calls by
+    their number of clips. `recognizer.close()` runs when the app stops."""
     load_sources([], recognizer.sampling_rate, 1, config.max_audio_seconds, recognizer.max_seconds)  # the limit fits
     model_name = config.model_name or recognizer.name
     created = int(time.time())  # OpenAI's model object says when the model was made; here, when it was loaded
@@ -129,7 +129,7 @@ def build_app(recognizer: Recognizer, config: ServeConfig = ServeConfig()) -> Fa
 
     @app.post("/v1/audio/transcriptions")
     async def transcriptions(
-        file: UploadFile = File(..., description="the audio file: wav, flac, ogg, mp3, ... (any rate and channels)"),
+        file: UploadFile = File(..., description="the audio file: wav, flac, ogg, ... (any rate and channels)"),
         model: str = Form(..., description="the served model's id (GET /v1/models)"),
         language: str | None = Form(None, description="zh, en or ja; none: the model's choice"),
         prompt: str | None = Form(None, description="hotwords, separated by commas"),

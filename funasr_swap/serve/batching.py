@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -48,7 +49,7 @@ class BatchingQueue:
     """Collects requests into batches and runs `transcribe` on them in one worker thread; start it with `start()`
     inside the event loop, stop it with `close()`.
 
-    `batch_sizes` lists the clips of every model call, in order (the server's logs say the same)."""
+    `batch_sizes` counts the model calls by their number of clips (the server's log has each call)."""
 
     def __init__(self, transcribe: Transcribe, max_batch_size: int, max_wait_seconds: float, queue_size: int) -> None:
         self._transcribe = transcribe
@@ -57,7 +58,7 @@ class BatchingQueue:
         self._arrived = asyncio.Event()  # set by each submit: the collector waits on it, never on the queue itself
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="funasr-swap-serve")
         self._collector: asyncio.Task | None = None
-        self.batch_sizes: list[int] = []
+        self.batch_sizes: Counter[int] = Counter()  # bounded: one key per size up to max_batch_size
 
     def start(self) -> None:
         self._collector = asyncio.get_running_loop().create_task(self._run())
@@ -124,7 +125,7 @@ class BatchingQueue:
                     job.result.set_exception(error)
             return
         finally:
-            self.batch_sizes.append(len(jobs))
+            self.batch_sizes[len(jobs)] += 1
         log.info("batch of %d clip(s) in %.2f s", len(jobs), time.perf_counter() - began)
         for job, transcript in zip(jobs, transcripts):
             if not job.result.done():
