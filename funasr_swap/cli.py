@@ -924,6 +924,7 @@ def serve(
     sock = bind(config)  # a busy port fails before the model loads
     load = load_pytorch_recognizer if model is not None else edge_recognizer
     recognizer = load(model or edge, config.max_new_tokens, config.max_audio_seconds)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")  # the batches, as uvicorn logs
+    logging.basicConfig(format="%(levelname)s:     %(message)s")  # as uvicorn logs
+    logging.getLogger("funasr_swap.serve").setLevel(logging.INFO)  # each batch: its clips and seconds
     typer.echo(f"serving {config.model_name or recognizer.name} on http://{host}:{sock.getsockname()[1]}/v1")
     run(build_app(recognizer, config), sock)
