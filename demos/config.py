@@ -5,15 +5,12 @@ Kept apart from the Gradio app so that the CLI reads these defaults without impo
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from funasr_swap.errors import SettingError
+from funasr_swap.uploads import MAX_AUDIO_SECONDS, MAX_FILE_SIZE, file_size_bytes
 
-__all__ = ["DemoConfig", "file_size_bytes"]
-
-_UNITS = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3, "tb": 1024**4}  # Gradio's (gradio.utils.FileSize)
+__all__ = ["DemoConfig"]
 
 
 @dataclass(frozen=True)
@@ -22,8 +19,8 @@ class DemoConfig:
 
     host: str = "127.0.0.1"  # this machine only; "0.0.0.0" exposes the demo to the network
     port: int | None = None  # None: the first free port from 7860
-    max_file_size: str = "10mb"  # an upload over this is refused in the browser and by the server
-    max_audio_seconds: float = 30.0  # longer audio gets a message, not a transcription
+    max_file_size: str = MAX_FILE_SIZE  # an upload over this is refused in the browser and by the server
+    max_audio_seconds: float = MAX_AUDIO_SECONDS  # longer audio gets a message, not a transcription
     queue_size: int = 16  # comparisons waiting beyond this are turned away (Gradio's queue max_size)
     concurrency_limit: int = 1  # comparisons running at once: each already uses every CPU core through torch
     max_new_tokens: int = 128  # the longest transcript, in tokens, per model (an untrained model may never stop)
@@ -38,15 +35,3 @@ class DemoConfig:
             raise ValueError(f"DemoConfig.max_examples must be >= 0, got {self.max_examples}")
         # Gradio checks it only as it starts serving, after the models load
         file_size_bytes(self.max_file_size, owner="DemoConfig")
-
-
-def file_size_bytes(size: str, owner: str = "") -> int:
-    """Bytes of a size in Gradio's form, "<digits><unit>" (10mb, 1gb; units of 1024), as the demo and `funasr-swap
-    serve` take `max_file_size`; anything else is a SettingError naming `max_file_size` (of `owner`)."""
-    match = re.fullmatch(r"(\d+) *(b|kb|mb|gb|tb)", size, re.IGNORECASE)
-    if match is None:
-        raise SettingError(
-            "{max_file_size}: give a whole number and a unit, b, kb, mb, gb or tb (10mb, 1gb)",
-            owner=owner, max_file_size=size,
-        )  # fmt: skip
-    return int(match[1]) * _UNITS[match[2].lower()]

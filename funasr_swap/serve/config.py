@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from demos.config import DemoConfig, file_size_bytes
 from funasr_swap.asr_io import DEFAULT_MAX_NEW_TOKENS
+from funasr_swap.uploads import MAX_AUDIO_SECONDS, MAX_FILE_SIZE, file_size_bytes
 
 __all__ = ["ServeConfig"]
 
@@ -18,8 +18,8 @@ class ServeConfig:
     host: str = "127.0.0.1"  # this machine only; "0.0.0.0" exposes the server to the network
     port: int = 8000  # 0: a free port the system picks (tests)
     model_name: str | None = None  # the id of `/v1/models` and the `model` a request must name; None: the folder's name
-    max_file_size: str = DemoConfig.max_file_size  # the demo's upload limits
-    max_audio_seconds: float = DemoConfig.max_audio_seconds
+    max_file_size: str = MAX_FILE_SIZE  # the demo's upload limits
+    max_audio_seconds: float = MAX_AUDIO_SECONDS
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS  # as `funasr-swap transcribe`: the same transcript for the same clip
     max_batch_size: int = 8  # clips in one `transcribe` call
     max_wait_ms: float = 50.0  # how long the first request of a batch waits for others to join it

@@ -1,11 +1,11 @@
-"""The demo's settings: the upload size form it shares with `funasr-swap serve`."""
+"""funasr_swap.uploads: the size form the demo and the server take their upload limit in."""
 
 from __future__ import annotations
 
 import pytest
 
-from demos.config import file_size_bytes
 from funasr_swap.errors import SettingError
+from funasr_swap.uploads import file_size_bytes
 
 
 @pytest.mark.parametrize("size", ["300kb", "10mb", "10 MB", "1gb", "512b", "2tb"])
