@@ -5,11 +5,10 @@ Kept apart from the Gradio app so that the CLI reads these defaults without impo
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from funasr_swap.errors import SettingError
+from funasr_swap.uploads import MAX_AUDIO_SECONDS, MAX_FILE_SIZE, file_size_bytes
 
 __all__ = ["DemoConfig"]
 
@@ -20,8 +19,8 @@ class DemoConfig:
 
     host: str = "127.0.0.1"  # this machine only; "0.0.0.0" exposes the demo to the network
     port: int | None = None  # None: the first free port from 7860
-    max_file_size: str = "10mb"  # an upload over this is refused in the browser and by the server
-    max_audio_seconds: float = 30.0  # longer audio gets a message, not a transcription
+    max_file_size: str = MAX_FILE_SIZE  # an upload over this is refused in the browser and by the server
+    max_audio_seconds: float = MAX_AUDIO_SECONDS  # longer audio gets a message, not a transcription
     queue_size: int = 16  # comparisons waiting beyond this are turned away (Gradio's queue max_size)
     concurrency_limit: int = 1  # comparisons running at once: each already uses every CPU core through torch
     max_new_tokens: int = 128  # the longest transcript, in tokens, per model (an untrained model may never stop)
@@ -34,9 +33,5 @@ class DemoConfig:
                 raise ValueError(f"DemoConfig.{name} must be > 0, got {getattr(self, name)!r}")
         if self.max_examples < 0:
             raise ValueError(f"DemoConfig.max_examples must be >= 0, got {self.max_examples}")
-        # Gradio's own form, "<digits><unit>"; Gradio checks it only as it starts serving, after the models load
-        if not re.fullmatch(r"\d+ *(b|kb|mb|gb|tb)", self.max_file_size, re.IGNORECASE):
-            raise SettingError(
-                "{max_file_size}: give a whole number and a unit, b, kb, mb, gb or tb (10mb, 1gb)",
-                owner="DemoConfig", max_file_size=self.max_file_size,
-            )  # fmt: skip
+        # Gradio checks it only as it starts serving, after the models load
+        file_size_bytes(self.max_file_size, owner="DemoConfig")

@@ -20,6 +20,7 @@ Examples:
     funasr-swap transcribe --model runs/llama/final a.wav b.flac --language en
     funasr-swap export runs/llama/final -o runs/llama/edge && funasr-swap transcribe --edge runs/llama/edge a.wav
     funasr-swap demo --quickstart runs/quickstart
+    funasr-swap serve --model runs/llama/final
 """
 
 from __future__ import annotations
@@ -148,6 +149,11 @@ def transcribe_default(parameter: str) -> LibraryDefault:
 def demo_default(field: str) -> LibraryDefault:
     """The default of `demos.config.DemoConfig.<field>`."""
     return LibraryDefault(f"demos.config:DemoConfig.{field}")
+
+
+def serve_default(field: str) -> LibraryDefault:
+    """The default of `funasr_swap.serve.ServeConfig.<field>`."""
+    return LibraryDefault(f"funasr_swap.serve.config:ServeConfig.{field}")
 
 
 def synth_default(parameter: str) -> LibraryDefault:
@@ -832,3 +838,89 @@ def demo(
         concurrency_limit=concurrency, max_new_tokens=max_new_tokens, max_examples=max_examples, temp_dir=temp_dir,
     )  # fmt: skip
     serve(folders, examples, config)
+
+
+@app.command()
+@one_line_errors
+def serve(
+    model: Path | None = typer.Option(
+        None, "--model", help="Fun-ASR-Nano model folder (Hugging Face or original format), as transcribe takes"
+    ),
+    edge: Path | None = typer.Option(
+        None, "--edge", help="instead of --model: a folder `funasr-swap export` wrote (no batches: one clip at a time)"
+    ),
+    host: str = typer.Option(default_factory=serve_default("host"), help="address to serve on (0.0.0.0: the network)"),
+    port: int = typer.Option(default_factory=serve_default("port"), min=0, help="port (0: a free one)"),
+    name: str | None = typer.Option(
+        default_factory=serve_default("model_name"), help="the model's id for clients; default: the folder's name"
+    ),
+    max_batch_size: int = typer.Option(
+        default_factory=serve_default("max_batch_size"), min=1, help="clips transcribed together, at most"
+    ),
+    max_wait_ms: float = typer.Option(
+        default_factory=serve_default("max_wait_ms"), min=0, help="how long a request waits for batch-mates, in ms"
+    ),
+    queue_size: int = typer.Option(
+        default_factory=serve_default("queue_size"), min=1, help="requests that may wait; more get 503 (busy)"
+    ),
+    max_file_size: str = typer.Option(
+        default_factory=serve_default("max_file_size"), help="largest upload (10mb, 1gb)"
+    ),
+    max_seconds: float = typer.Option(
+        default_factory=serve_default("max_audio_seconds"), callback=positive, help="longer audio gets a 400"
+    ),
+    max_new_tokens: int = typer.Option(
+        default_factory=serve_default("max_new_tokens"), min=1, help="the longest transcript, in tokens"
+    ),
+) -> None:
+    """Serve a model behind OpenAI's transcription API: POST /v1/audio/transcriptions and GET /v1/models, on
+    127.0.0.1 unless --host says otherwise. Requests that arrive together are transcribed together (greedy, as
+    `funasr-swap transcribe` does: the same text for the same clip); Ctrl-C lets the requests in flight finish.
+
+    \b
+    POST /v1/audio/transcriptions takes a multipart form:
+      file             the audio: wav, flac, ogg, ... (any rate, mono or
+                       stereo), at most --max-file-size and --max-seconds
+      model            the id that GET /v1/models lists (--name)
+      language         zh, en or ja; left out: the model's choice
+      prompt           hotwords, separated by commas: "Fun-ASR, Qwen3"
+      response_format  json: {"text"}; text: the text alone; verbose_json:
+                       {"text", "language", "duration"} (duration: seconds)
+    A bad request gets a 4xx and one JSON line, {"error": {"message", "type"}},
+    as OpenAI's API answers; the server goes on serving.
+
+    \b
+    Example:
+      funasr-swap serve --model runs/llama/final --port 8000
+      curl http://127.0.0.1:8000/v1/audio/transcriptions \\
+          -F file=@a.wav -F model=final -F language=en
+
+    \b
+    From Python, with OpenAI's client (pip install openai):
+      from openai import OpenAI
+      client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="-")
+      with open("a.wav", "rb") as audio:
+          result = client.audio.transcriptions.create(
+              model="final", file=audio, language="en")
+      print(result.text)
+    """
+    import logging
+
+    from funasr_swap.serve import ServeConfig
+    from funasr_swap.serve.app import bind, build_app, run
+    from funasr_swap.serve.recognizers import edge_recognizer, load_pytorch_recognizer
+
+    if (model is None) == (edge is None):
+        raise CliError("give the model as --model DIR or an export as --edge DIR (one of the two)")
+    config = ServeConfig(
+        host=host, port=port, model_name=name, max_file_size=max_file_size, max_audio_seconds=max_seconds,
+        max_new_tokens=max_new_tokens, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
+        queue_size=queue_size,
+    )  # fmt: skip
+    sock = bind(config)  # a busy port fails before the model loads
+    load = load_pytorch_recognizer if model is not None else edge_recognizer
+    recognizer = load(model or edge, config.max_new_tokens, config.max_audio_seconds)
+    logging.basicConfig(format="%(levelname)s:     %(message)s")  # as uvicorn logs
+    logging.getLogger("funasr_swap.serve").setLevel(logging.INFO)  # each batch: its clips and seconds
+    typer.echo(f"serving {config.model_name or recognizer.name} on http://{host}:{sock.getsockname()[1]}/v1")
+    run(build_app(recognizer, config), sock)

@@ -110,3 +110,31 @@ def write_tone(path, seconds: float, freq: float = 220.0, rate: int = 16000):
     t = np.arange(int(rate * seconds)) / rate
     soundfile.write(path, (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), rate, subtype="PCM_16")
     return path
+
+
+def voice(seconds: float, seed: int, rate: int = 16000):
+    """Noise under a tone whose pitch depends on the seed: distinct audio, distinct encoder outputs."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(rate * seconds)) / rate
+    return (0.3 * np.sin(2 * np.pi * (150 + 200 * seed) * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def audio_dependent_tiny_base(seed: int = 0):
+    """The tiny base (`funasr_swap.base.tiny_base`) with its matrices redrawn at std 1/sqrt(fan_in); (model, processor).
+
+    At the stock init (std 0.02) the tied embeddings dominate the last position, and every audio yields the same
+    tokens (a newline, repeated): batched-equals-single would hold trivially. Redrawn, the answer depends on the audio.
+    """
+    import torch
+
+    from funasr_swap.base import tiny_base
+
+    model, processor = tiny_base(seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.dim() == 2 and "embed_tokens" not in name:
+                parameter.normal_(0.0, parameter.shape[1] ** -0.5, generator=generator)
+    return model, processor

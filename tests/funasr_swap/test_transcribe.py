@@ -9,35 +9,17 @@ import soundfile
 import torch
 
 from funasr_swap.audio import load_audio
-from funasr_swap.base import tiny_base
 from funasr_swap.transcribe import Transcript, transcribe, transcription_inputs
+from tests.conftest import audio_dependent_tiny_base, voice
 from tests.tolerances import assert_log_mels_close
 from tokenmap.prompt import AsrTask, build_asr_prompt
 
 MAX_NEW_TOKENS = 8
 
 
-def voice(seconds: float, seed: int, rate: int = 16000) -> np.ndarray:
-    """Noise under a tone whose pitch depends on the seed: distinct audio, distinct encoder outputs."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(rate * seconds)) / rate
-    return (0.3 * np.sin(2 * np.pi * (150 + 200 * seed) * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
-
-
 @pytest.fixture(scope="module")
 def base():
-    """The tiny base with its matrices redrawn at std 1/sqrt(fan_in).
-
-    At the stock init (std 0.02) the tied embeddings dominate the last position, and every audio yields the same
-    tokens (a newline, repeated): batched-equals-single would hold trivially. Redrawn, the answer depends on the audio.
-    """
-    model, processor = tiny_base(seed=0)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if parameter.dim() == 2 and "embed_tokens" not in name:
-                parameter.normal_(0.0, parameter.shape[1] ** -0.5, generator=generator)
-    return model, processor
+    return audio_dependent_tiny_base()
 
 
 @pytest.fixture(scope="module")
