@@ -188,7 +188,7 @@ def _target_llm(
 
 
 def _add_embedding_rows(llm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, new_ids: list[int]) -> None:
-    """Make rows for the added marker tokens, initialised from the mean embedding (DESIGN.md, speech markers)."""
+    """Make rows for the added marker tokens, initialised from the mean embedding (docs/architecture.md, tokens)."""
     rows = llm.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > rows:
         llm.resize_token_embeddings(len(tokenizer), mean_resizing=False)

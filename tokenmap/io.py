@@ -1,7 +1,7 @@
 """Atomic writes: build the output beside its destination and rename it into place only when complete.
 
 A command that fails half-way, or is killed, never leaves a partial file or folder at the destination and never
-loses the one that was there (DESIGN.md, conventions). `check_writable` lets a command refuse an unwritable
+loses the one that was there (docs/architecture.md, conventions). `check_writable` lets a command refuse an unwritable
 output before it does any work.
 """
 
