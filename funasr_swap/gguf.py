@@ -37,6 +37,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -71,8 +72,11 @@ ConverterType = Literal["f32", "f16", "q8_0"]  # what llama.cpp's converter writ
 OutType = Literal[ConverterType, "q4_k_m", "q5_k_m"]
 # the types llama.cpp's quantizer makes from the converter's f16: the llama_ftype each is
 QUANTIZED_TYPES = {"q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M"}
-_FLOAT_TYPES = ("F32", "F16", "BF16")
-# llama.cpp's quantizer (0.3.36, src/llama-quant.cpp) logs each tensor whose rows its type's blocks cannot tile
+_FLOAT_TYPES = ("f32", "f16", "bf16")
+# llama.cpp's quantizer (0.3.36, src/llama-quant.cpp) logs each tensor it writes, with its type and the one it
+# converts it to (`[  2/ 24] token_embd.weight - [64, 151936, 1, 1], type = f16, converting to q8_0 .. size = ...`),
+# and each tensor whose rows its type's blocks cannot tile
+_TENSOR = re.compile(r"^\[\s*\d+/\s*\d+\]\s+\S+\s+- \[[^]]*\], type =\s+(\S+?),\s+(?:converting to (\S+) )?", re.M)
 _FALLBACK = re.compile(
     r"warning: (?P<tensor>\S+)\s+- ncols\s+(?P<columns>\d+) not divisible by\s+(?P<block>\d+) "
     r"\(required for type\s+(?P<wanted>\S+)\).*?-> falling back to\s+(?P<used>\S+)"
@@ -111,24 +115,25 @@ GGUF_FAMILIES: dict[str, GgufFamily] = {
 
 @dataclass(frozen=True)
 class GgufWeights:
-    """What a written GGUF file holds: its `outtype`, how many tensors of each ggml type (as gguf-py names them:
-    Q4_K, Q6_K, F32...), and the tensors llama.cpp's quantizer gave a fallback type (name, row width, the block it
-    wanted, the type it wanted and the one it used)."""
+    """What a written GGUF file holds: its `outtype` and, for a quantized one, what llama.cpp's quantizer logged:
+    how many tensors of each ggml type it wrote (q4_K, q6_K, f32...), and the tensors it gave a fallback type (name,
+    row width, the block it needed, the type it wanted and the one it used)."""
 
     outtype: str
-    tensor_types: dict[str, int]
+    tensor_types: dict[str, int] = field(default_factory=dict)
     fallbacks: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> str:
-        """One line: the types and, if any, the fallbacks and why (`'q4_k_m: Q4_K 112, Q6_K 29, F32 57'`)."""
+        """One line: the type, the tensors' types and, if any, the fallbacks and why (`'q4_k_m: q4_K 112, ...'`)."""
         types = ", ".join(f"{name} {count}" for name, count in self.tensor_types.items())
+        line = f"{self.outtype}: {types}" if types else self.outtype
         if not self.fallbacks:
-            return f"{self.outtype}: {types}"
+            return line
         widths = sorted({f["columns"] for f in self.fallbacks})
         blocks = sorted({f["block"] for f in self.fallbacks})
         return (
-            f"{self.outtype}: {types}; {len(self.fallbacks)} tensor(s) fell back (rows {', '.join(map(str, widths))} "
-            f"wide, not a multiple of {', '.join(map(str, blocks))})"
+            f"{line}; {len(self.fallbacks)} tensor(s) fell back (rows {', '.join(map(str, widths))} wide, not a "
+            f"multiple of {', '.join(map(str, blocks))})"
         )
 
 
@@ -293,24 +298,15 @@ def write_gguf(
             raise ValueError(f"llama.cpp's converter failed on the {family} LLM: {_last_line(result)}")
         if quantized:
             return quantize_gguf(converted, output, outtype)
-    return GgufWeights(outtype, _tensor_types(output))
-
-
-def _tensor_types(path: Path) -> dict[str, int]:
-    """How many tensors of each ggml type `path` holds, read by the converter's gguf-py (in a subprocess: it is
-    importable only from the converter's folder)."""
-    command = [sys.executable, "-m", "funasr_swap.gguf", "types", str(converter()), str(path)]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise ValueError(f"{path}: gguf-py cannot read it: {_last_line(result)}")
-    return json.loads(result.stdout)
+    return GgufWeights(outtype)
 
 
 def quantize_gguf(source: Path, output: Path, outtype: str, threads: int | None = None) -> GgufWeights:
     """Quantize the f16/f32 GGUF `source` into `output` as `outtype` (`QUANTIZED_TYPES`) with llama.cpp's own
     quantizer, `llama_model_quantize` (in a subprocess, whose stderr carries llama.cpp's per-tensor log: the
-    fallbacks are read from it). ValueError with llama.cpp's last line when it fails, or naming the row widths when
-    no tensor could be quantized at all (every weight left f16 / f32: a file that would only claim `outtype`)."""
+    tensors' types and the fallbacks are read from it). ValueError with llama.cpp's last line when it fails, or
+    naming the row widths when no tensor could be quantized at all (every weight left f16 / f32: a file that would
+    only claim `outtype`)."""
     if outtype not in QUANTIZED_TYPES:
         raise ValueError(f"llama.cpp's quantizer makes {', '.join(QUANTIZED_TYPES)} here, not {outtype!r}")
     command = [sys.executable, "-m", "funasr_swap.gguf", "quantize", str(source), str(output),
@@ -322,8 +318,9 @@ def quantize_gguf(source: Path, output: Path, outtype: str, threads: int | None 
         {**match.groupdict(), "columns": int(match["columns"]), "block": int(match["block"])}
         for match in _FALLBACK.finditer(result.stderr)
     ]
-    weights = GgufWeights(outtype, _tensor_types(output), fallbacks)
-    if all(name in _FLOAT_TYPES for name in weights.tensor_types):
+    written = Counter(converted or kept for kept, converted in _TENSOR.findall(result.stderr))
+    weights = GgufWeights(outtype, dict(written.most_common()), fallbacks)
+    if not written or all(name in _FLOAT_TYPES for name in written):
         widths = sorted({f["columns"] for f in fallbacks})
         output.unlink()
         raise ValueError(
