@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -86,6 +87,7 @@ def measure(name: str, source: Path, clips: list[Path], references: list[str] | 
             "gguf": GgufWeights(**config.model_card["gguf"]).summary(),
             "clips": len(clips),
             "batch_size": batch_size,
+            "max_new_tokens": max_new_tokens,
             "audio_seconds": round(audio, 2),
             "tokens": sum(r.tokens for r in edge_runs["edge batch 1"][0]),
             "gguf_mb": round((folder / "llm.gguf").stat().st_size / 1e6, 1),
@@ -146,6 +148,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for both runtimes")
     parser.add_argument("--batch-size", type=int, default=8, help="the batched runs' clips per batch (both sides)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/edge_cpu.json"))
+    parser.add_argument("--append", action="store_true", help="add the rows to --out's (one model per run, say)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -156,9 +159,12 @@ def main() -> None:
         "environment": device_info("cpu") | {"threads": args.threads, "shared_machine": True},
         "world": str(args.world),
         "world_clips": sources,
-        "max_new_tokens": args.max_new_tokens,
+        "commands": [],
         "rows": [],
     }
+    if args.append and args.out.is_file():
+        result = json.loads(args.out.read_text())
+    result["commands"].append(" ".join(["python", *sys.argv]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
     def record(rows: list[dict]) -> None:  # written after each model: a long run interrupted keeps what it measured

@@ -358,17 +358,5 @@ def _run_quantizer(argv: list[str]) -> None:
     sys.exit(1 if llama_cpp.llama_model_quantize(source.encode(), output.encode(), ctypes.byref(params)) else 0)
 
 
-def _print_tensor_types(argv: list[str]) -> None:
-    """`python -m funasr_swap.gguf types CONVERTER_DIR FILE`: {ggml type: tensors} of FILE as JSON, read by the
-    converter's own gguf-py."""
-    converter, path = argv
-    sys.path[:0] = [str(Path(converter) / "gguf-py")]
-    from collections import Counter  # noqa: PLC0415
-
-    from gguf import GGUFReader  # noqa: PLC0415 - only importable once its folder is on the path
-
-    print(json.dumps(dict(Counter(t.tensor_type.name for t in GGUFReader(path).tensors).most_common())))
-
-
 if __name__ == "__main__":
-    {"convert": _run_converter, "quantize": _run_quantizer, "types": _print_tensor_types}[sys.argv[1]](sys.argv[2:])
+    {"convert": _run_converter, "quantize": _run_quantizer}[sys.argv[1]](sys.argv[2:])
