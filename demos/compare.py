@@ -3,6 +3,8 @@ CER, the word differences and a ranking.
 
 Transcription is the project's batched `funasr_swap.transcribe.transcribe` with its defaults (greedy, the plain ASR
 prompt the models were trained and scored with), so a transcript here equals what `transcribe` returns for the file.
+A model with an edge export also transcribes the clip with it (`funasr_swap.edge.transcribe`, the same settings):
+its transcript, latency and real-time factor, and whether it equals PyTorch's.
 """
 
 from __future__ import annotations
@@ -17,12 +19,23 @@ import numpy as np
 from demos.models import DemoModel
 from funasr_swap.metrics import cer, normalize, wer_units
 
-__all__ = ["DIFF_LABELS", "ModelResult", "compare_models", "ranking", "word_diff"]
+__all__ = ["DIFF_LABELS", "EdgeResult", "ModelResult", "compare_models", "ranking", "word_diff"]
 
 log = logging.getLogger(__name__)
 
 # word_diff's labels: reference words the transcript lacks, transcript words in their place, and words it added
 DIFF_LABELS = {"missing": "#f97316", "wrong": "#ef4444", "extra": "#a855f7"}
+
+
+@dataclass(frozen=True)
+class EdgeResult:
+    """The transcript of the clip by a model's edge export, or the error it raised."""
+
+    text: str | None = None
+    latency: float | None = None  # seconds: features, generation and decoding of this clip
+    rtf: float | None = None
+    equal: bool | None = None  # whether it equals the model's PyTorch transcript
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -36,6 +49,7 @@ class ModelResult:
     cer: float | None = None  # against the reference, when one is given
     diff: list[tuple[str, str | None]] = field(default_factory=list)  # word_diff, when a reference is given
     error: str | None = None
+    edge: EdgeResult | None = None  # the model's edge export's, when it has one that loaded
 
 
 def word_diff(reference: str, hypothesis: str) -> list[tuple[str, str | None]]:
@@ -80,8 +94,23 @@ def compare_models(
         scores = {}
         if reference is not None:
             scores = {"cer": cer([reference], [transcript.text]), "diff": word_diff(reference, transcript.text)}
+        if model.edge is not None:
+            scores["edge"] = _on_edge(model, waveform, max_new_tokens, transcript.text)
         results.append(ModelResult(model.name, transcript.text, latency, latency / transcript.audio_seconds, **scores))
     return results
+
+
+def _on_edge(model: DemoModel, waveform: np.ndarray, max_new_tokens: int, pytorch_text: str) -> EdgeResult:
+    """The clip through the model's edge export, compared with PyTorch's transcript."""
+    from funasr_swap.edge import transcribe
+
+    try:
+        [transcript] = transcribe(model.edge, [waveform], max_new_tokens=max_new_tokens, progress=False)
+    except Exception as error:  # as for the PyTorch side: the column says why, the others still show
+        log.exception("%s's edge export failed", model.name)
+        return EdgeResult(error=f"{type(error).__name__}: {error}")
+    latency = transcript.seconds
+    return EdgeResult(transcript.text, latency, latency / transcript.audio_seconds, transcript.text == pytorch_text)
 
 
 def ranking(results: Sequence[ModelResult]) -> list[list]:

@@ -1,11 +1,16 @@
-"""The models a demo compares: each loaded once at start-up with its card; a folder that does not load becomes a
-card carrying the error, so that the page still serves the others and says why one is missing."""
+"""The models a demo compares: each loaded once at start-up with its card, and its edge export (`funasr-swap export`)
+when it has one; a folder that does not load becomes a card carrying the error, so that the page still serves the
+others and says why one is missing.
+
+A model's export is the one given for its folder (`load_models(exports=...)`), else the `edge` folder beside a
+training run's `final` (`RUN/final` -> `RUN/edge`, as `funasr-swap export RUN/final -o RUN/edge` writes it: the
+quickstart's runs and `funasr-swap train`'s share that layout)."""
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,7 +18,11 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from transformers import FunAsrNanoForConditionalGeneration, FunAsrNanoProcessor
 
-__all__ = ["DemoModel", "ModelCard", "load_models"]
+    from funasr_swap.edge import EdgeModel
+
+__all__ = ["EDGE_DIR", "DemoModel", "ModelCard", "export_folder", "load_models"]
+
+EDGE_DIR = "edge"  # a training run's export, beside its model folder `final`
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +61,18 @@ class DemoModel:
     processor: FunAsrNanoProcessor | None = None
     card: ModelCard | None = None
     error: str | None = None
+    edge: EdgeModel | None = None  # its export, loaded (`funasr_swap.edge`), when it has one
+    edge_folder: Path | None = None
+    edge_error: str | None = None  # why its export did not load
 
     @property
     def loaded(self) -> bool:
         return self.error is None
+
+    @property
+    def has_edge(self) -> bool:
+        """Whether the page gives this model an edge column (its export, or the error that kept it from loading)."""
+        return self.edge_folder is not None
 
 
 def _folder_name(folder: Path) -> str:
@@ -96,11 +113,37 @@ def _card(
     return name, card
 
 
-def load_models(folders: Sequence[str | os.PathLike]) -> list[DemoModel]:
-    """Load every folder (`funasr_swap.convert.load_base`, on the CPU) once, in order, with its card; names are made
-    unique by numbering repeats. A folder that fails to load is kept with its error (and the error logged)."""
+def export_folder(folder: str | os.PathLike) -> Path | None:
+    """The edge export found for model `folder` without being given: `RUN/edge` beside a run's `RUN/final`, when it
+    holds an edge.json; None elsewhere (a folder's parent may hold several models: nothing is guessed there)."""
+    from funasr_swap.edge.config import EDGE_CONFIG
+    from funasr_swap.miniature.quickstart import MODEL_DIR
+
+    folder = Path(folder)
+    found = folder.parent / EDGE_DIR
+    return found if folder.name == MODEL_DIR and (found / EDGE_CONFIG).is_file() else None
+
+
+def _load_edge(entry: DemoModel, export: Path) -> None:
+    from funasr_swap.edge import EdgeModel
+
+    entry.edge_folder = export
+    try:
+        entry.edge = EdgeModel(export)
+    except Exception as error:  # a broken export must not stop the demo: its column says why
+        log.warning("could not load the export %s: %s", export, error)
+        entry.edge_error = f"{type(error).__name__}: {error}"
+
+
+def load_models(
+    folders: Sequence[str | os.PathLike], exports: Mapping[str | os.PathLike, str | os.PathLike] | None = None
+) -> list[DemoModel]:
+    """Load every folder (`funasr_swap.convert.load_base`, on the CPU) once, in order, with its card and its edge
+    export: `exports[folder]` when given, else `export_folder(folder)`'s; names are made unique by numbering
+    repeats. A folder or an export that fails to load is kept with its error (and the error logged)."""
     from funasr_swap.convert import load_base
 
+    given = {Path(folder).resolve(): Path(export) for folder, export in (exports or {}).items()}
     models: list[DemoModel] = []
     for folder in map(Path, folders):
         try:
@@ -110,6 +153,9 @@ def load_models(folders: Sequence[str | os.PathLike]) -> list[DemoModel]:
         except Exception as error:  # any failure (missing, corrupt, unknown architecture) must not stop the demo
             log.warning("could not load %s: %s", folder, error)
             entry = DemoModel(_folder_name(folder), folder, error=f"{type(error).__name__}: {error}")
+        export = given.get(folder.resolve()) or export_folder(folder)
+        if entry.loaded and export is not None:
+            _load_edge(entry, export)
         taken = {m.name for m in models}
         if entry.name in taken:
             entry.name = next(

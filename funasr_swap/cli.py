@@ -244,7 +244,9 @@ def transcribe(
         None, "--model", help="Fun-ASR-Nano model folder (Hugging Face or original format)"
     ),
     edge: Path | None = typer.Option(
-        None, "--edge", help="instead of --model: a folder `funasr-swap export` wrote (no torch; greedy, one at a time)"
+        None,
+        "--edge",
+        help="instead of --model: a folder `funasr-swap export` wrote (no torch; greedy, clips decoded together)",
     ),
     output: Path | None = typer.Option(
         None, "-o", "--output", help="write one JSON line per file (audio, text, audio_seconds) here, not print"
@@ -327,20 +329,34 @@ def export_command(
     outtype: OutType = typer.Option(
         OutType("f16"),
         "--outtype",
-        help="the LLM's weights in the GGUF: f32, f16 (transcripts as f32) or q8_0 (smaller)",
+        help="the LLM's weights in the GGUF: f32, f16 (transcripts as f32), q8_0, or the 4- and 5-bit q4_k_m, q5_k_m "
+        "(llama.cpp's quantizer; rows not a multiple of 256 wide fall back to q5_0 / q8_0, said in edge.json)",
     ),
+    check: Path | None = typer.Option(
+        None, "--check", help="a manifest (JSONL: audio, text): edge.json records how the export agrees with PyTorch"
+    ),
+    check_clips: int = typer.Option(50, "--check-clips", min=1, help="the manifest's first clips that --check uses"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace OUTPUT if it exists"),
 ) -> None:
     """Export a model for the edge runtime: the audio tower + adaptor as ONNX, the LLM as GGUF (llama.cpp's own
-    converter), the prompts and settings as edge.json. `transcribe --edge OUTPUT` then runs it without torch.
+    converter and quantizer), the prompts and settings as edge.json. `transcribe --edge OUTPUT` then runs it without
+    torch.
 
-    Example: funasr-swap export runs/llama/final -o nano-llama-edge --outtype q8_0
+    Example: funasr-swap export runs/llama/final -o nano-llama-edge --outtype q4_k_m --check data/test.jsonl
     """
     from funasr_swap.export import export_edge
+    from funasr_swap.gguf import GgufWeights
 
     check_output_folder(output, {"MODEL": model}, overwrite)
-    config = export_edge(model, output, outtype.value, overwrite=overwrite)
+    config = export_edge(model, output, outtype.value, overwrite=overwrite, check=check, check_clips=check_clips)
     card = config.model_card
+    typer.echo(f"GGUF {GgufWeights(**card['gguf']).summary()}")
+    if (agreed := card.get("agreement")) is not None:
+        typer.echo(
+            f"against PyTorch on {agreed['clips']} clip(s) of {check}: {agreed['equal_transcripts']} transcript(s) "
+            f"equal, CER {agreed['cer']['edge']:.2%} vs {agreed['cer']['pytorch']:.2%} "
+            f"(delta {agreed['cer_delta']:+.2%})"
+        )
     typer.echo(
         f"wrote {output}: {card['llm']} ({card['family']}, {config.outtype}), audio tower + adaptor max error "
         f"{card['onnx_max_abs_error']:.1e} vs PyTorch, {card['export_seconds']} s"

@@ -1,8 +1,10 @@
 """Export a Fun-ASR-Nano model (base or swapped) for the edge runtime: a folder that transcribes without torch.
 
     audio.onnx  audio tower + adaptor, (batch, frames, 560) LFR features + mask -> (batch, frames, hidden) rows
-    llm.gguf    the LLM (LoRA already merged by the trainer), through llama.cpp's own converter (`funasr_swap.gguf`)
-    edge.json   prompts as token ids per task, stop ids, feature settings, the embedding scale to undo, model card
+    llm.gguf    the LLM (LoRA already merged by the trainer), through llama.cpp's own converter (`funasr_swap.gguf`);
+                the k-quants (q4_k_m, q5_k_m) through its quantizer after
+    edge.json   prompts as token ids per task, stop ids, feature settings, the embedding scale to undo, model card:
+                the GGUF's tensor types and fallbacks, and (given a manifest) the export's agreement with PyTorch
 
 This is the layout of FunASR's own llama.cpp runtime for Nano (a stock GGUF LLM, the encoder + adaptor apart, the
 adaptor's rows injected as embeddings), without its two Qwen3-0.6B assumptions (width 1024, Qwen's prompt): the
@@ -17,7 +19,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, get_args
 
@@ -34,10 +36,20 @@ from tokenmap.prompt import LANGUAGE_NAMES, control_tokens
 if TYPE_CHECKING:
     from transformers import FunAsrNanoForConditionalGeneration, FunAsrNanoProcessor
 
-__all__ = ["AUDIO_ONNX", "LLM_GGUF", "AudioEmbedder", "edge_config", "export_edge", "export_onnx"]
+__all__ = [
+    "AGREEMENT_CLIPS",
+    "AUDIO_ONNX",
+    "LLM_GGUF",
+    "AudioEmbedder",
+    "agreement",
+    "edge_config",
+    "export_edge",
+    "export_onnx",
+]
 
 AUDIO_ONNX = "audio.onnx"
 LLM_GGUF = "llm.gguf"
+AGREEMENT_CLIPS = 50  # the manifest's first clips that `agreement` transcribes both ways
 _HOTWORD_SLOTS = ("\u2983A\u2984", "\u2983B\u2984")  # two stand-in hotwords no template writes: ⦃A⦄, ⦃B⦄
 
 
@@ -153,17 +165,55 @@ def edge_config(
     )
 
 
+def agreement(
+    model: FunAsrNanoForConditionalGeneration,
+    processor: FunAsrNanoProcessor,
+    folder: Path,
+    manifest: str | Path,
+    clips: int = AGREEMENT_CLIPS,
+) -> dict:
+    """How the export in `folder` agrees with PyTorch (`model`, greedy) on the first `clips` of `manifest` (JSONL:
+    audio, text), the model's choice of language: transcripts equal, and each side's CER against the references
+    with the edge's minus PyTorch's (`cer_delta`; 0 where every transcript is equal)."""
+    from funasr_swap import edge
+    from funasr_swap.data import load_manifest
+    from funasr_swap.metrics import cer
+    from funasr_swap.transcribe import transcribe
+
+    utterances = load_manifest(manifest).utterances[:clips]
+    audios, references = [u.audio for u in utterances], [u.text for u in utterances]
+    expected = [t.text for t in transcribe(model, processor, audios, progress=False)]
+    got = [t.text for t in edge.transcribe(folder, audios, progress=False)]
+    on_torch, on_edge = cer(references, expected), cer(references, got)
+    return {
+        "manifest": str(Path(manifest).resolve()),
+        "clips": len(utterances),
+        "equal_transcripts": sum(a == b for a, b in zip(got, expected)),
+        "cer": {"pytorch": round(on_torch, 4), "edge": round(on_edge, 4)},
+        "cer_delta": round(on_edge - on_torch, 4),
+    }
+
+
 def export_edge(
-    source: str | Path, output: str | Path, outtype: OutType = "f16", *, overwrite: bool = False
+    source: str | Path,
+    output: str | Path,
+    outtype: OutType = "f16",
+    *,
+    overwrite: bool = False,
+    check: str | Path | None = None,
+    check_clips: int = AGREEMENT_CLIPS,
 ) -> EdgeConfig:
     """Export the Fun-ASR-Nano model folder `source` (a swapped model, a trained one, the base; Hugging Face or
-    original format) into folder `output`: `audio.onnx`, `llm.gguf` in `outtype` (f32, f16 or q8_0) and `edge.json`.
+    original format) into folder `output`: `audio.onnx`, `llm.gguf` in `outtype` (f32, f16, q8_0, q4_k_m or q5_k_m:
+    `funasr_swap.gguf.write_gguf`) and `edge.json`, whose model card records the GGUF's tensor types, its fallbacks
+    and, when `check` names a manifest, the export's `agreement` with PyTorch on its first `check_clips` clips.
 
     Everything is checked before the work (a model folder, a family the converter takes, a writable output that
-    does not exist unless `overwrite`) and written beside `output`, then renamed into place: a failure leaves
-    nothing half-written. Raises FileNotFoundError / ValueError / FileExistsError naming what is wrong.
+    does not exist unless `overwrite`, the manifest) and written beside `output`, then renamed into place: a failure
+    leaves nothing half-written. Raises FileNotFoundError / ValueError / FileExistsError naming what is wrong.
     """
     from funasr_swap.convert import checkpoint_format, load_base
+    from funasr_swap.data import load_manifest
     from funasr_swap.llms import match_llm
     from funasr_swap.swap import read_swap_report
     from tokenmap.chat_setup import read_chat_setup
@@ -172,6 +222,8 @@ def export_edge(
     if outtype not in get_args(OutType):
         raise ValueError(f"outtype must be one of {', '.join(get_args(OutType))}, got {outtype!r}")
     checkpoint_format(source)  # a folder that is no model fails here, naming it
+    if check is not None:
+        load_manifest(check)  # a bad manifest fails before the export, naming its line
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output} exists; pass overwrite=True (CLI: --overwrite) to replace it")
     check_writable(output, folder=True)
@@ -188,20 +240,25 @@ def export_edge(
     spec = match_llm(model.config.text_config)
     with atomic_folder(output) as tmp:
         onnx_error = export_onnx(model, processor, tmp / AUDIO_ONNX)
-        write_gguf(model, processor.tokenizer, family, tmp / LLM_GGUF, outtype, work_dir=tmp)
+        weights = write_gguf(model, processor.tokenizer, family, tmp / LLM_GGUF, outtype, work_dir=tmp)
         card = {
             "source": str(source.resolve()),
             "family": family,
             "llm": report.target_llm if report else spec.name if spec else model.config.text_config.model_type,
             "swap": asdict(report) if report else None,
             "onnx_max_abs_error": onnx_error,
+            "gguf": asdict(weights),
             "exported_with": {
                 "funasr_swap": importlib.metadata.version("funasr-swap"),
                 "torch": torch.__version__,
-                "llama_cpp_python (converter)": LLAMA_CPP_PYTHON_VERSION,
+                "llama_cpp_python (converter, quantizer)": LLAMA_CPP_PYTHON_VERSION,
             },
             "export_seconds": round(time.perf_counter() - began, 1),
         }
         config = edge_config(model, processor, outtype, card)
         config.write(tmp)
+        if check is not None:
+            card["agreement"] = agreement(model, processor, tmp, check, check_clips)
+            config = replace(config, model_card=card)
+            config.write(tmp)
     return config

@@ -5,7 +5,14 @@ llama.cpp's `convert_hf_to_gguf.py`, its `conversion/` package and its `gguf-py`
 converter). `fetch_converter` takes them from the sdist of the pinned version (`LLAMA_CPP_PYTHON_VERSION`, the one
 set-up builds the runtime from) into a cache folder once, as `tokenmap fetch` does for the tokenizers; nothing here is
 re-implemented. `write_gguf` writes the LLM of a Fun-ASR-Nano model (its `language_model` and `lm_head`, LoRA
-already merged by the trainer) as a Hugging Face causal-LM folder and runs the converter on it in a subprocess.
+already merged by the trainer) as a Hugging Face causal-LM folder and runs the converter on it in a subprocess. The
+4-bit and 5-bit k-quants (q4_k_m, q5_k_m) the converter does not write: an f16 GGUF is written first, then quantized
+by llama.cpp's own quantizer (llama-cpp-python's `llama_model_quantize`) and removed.
+
+A k-quant packs a row in blocks of 256 (QK_K): a tensor whose rows are not a multiple of 256 wide, as every weight of
+the miniature's 64-wide LLMs, gets llama.cpp's fallback type instead (q4_K -> q5_0, q6_K -> q8_0; f16 where even a
+block of 32 does not fit). `GgufWeights` says which tensors fell back; a model none of whose weights could be
+quantized is an error.
 
 What a family needs beyond the converter's defaults lives in `GGUF_FAMILIES`, one entry per chat family, each fix
 measured on this project's models:
@@ -25,10 +32,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tarfile
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -44,11 +53,14 @@ __all__ = [
     "GGUF_FAMILIES",
     "LLAMA_CPP_PYTHON_VERSION",
     "GgufFamily",
+    "GgufWeights",
     "OutType",
+    "QUANTIZED_TYPES",
     "converter",
     "converter_dir",
     "fetch_converter",
     "gguf_family",
+    "quantize_gguf",
     "stage_llm",
     "write_gguf",
 ]
@@ -56,7 +68,19 @@ __all__ = [
 # The llama-cpp-python release whose sdist carries the converter; set-up builds the runtime from the same sdist.
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 CACHE_ENV = "FUNASR_SWAP_CACHE"
-OutType = Literal["f32", "f16", "q8_0"]
+ConverterType = Literal["f32", "f16", "q8_0"]  # what llama.cpp's converter writes itself
+OutType = Literal[ConverterType, "q4_k_m", "q5_k_m"]
+# the types llama.cpp's quantizer makes from the converter's f16: the llama_ftype each is
+QUANTIZED_TYPES = {"q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M"}
+_FLOAT_TYPES = ("f32", "f16", "bf16")
+# llama.cpp's quantizer (0.3.36, src/llama-quant.cpp) logs each tensor it writes, with its type and the one it
+# converts it to (`[  2/ 24] token_embd.weight - [64, 151936, 1, 1], type = f16, converting to q8_0 .. size = ...`),
+# and each tensor whose rows its type's blocks cannot tile
+_TENSOR = re.compile(r"^\[\s*\d+/\s*\d+\]\s+\S+\s+- \[[^]]*\], type =\s+(\S+?),\s+(?:converting to (\S+) )?", re.M)
+_FALLBACK = re.compile(
+    r"warning: (?P<tensor>\S+)\s+- ncols\s+(?P<columns>\d+) not divisible by\s+(?P<block>\d+) "
+    r"\(required for type\s+(?P<wanted>\S+)\).*?-> falling back to\s+(?P<used>\S+)"
+)
 _SDIST_ROOT = f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}/vendor/llama.cpp/"
 _CONVERTER_MEMBERS = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
 
@@ -87,6 +111,30 @@ GGUF_FAMILIES: dict[str, GgufFamily] = {
         pre_tokenizer="deepseek-v3", architecture="deepseek_v3", config_defaults={"scoring_func": "sigmoid"}
     ),
 }
+
+
+@dataclass(frozen=True)
+class GgufWeights:
+    """What a written GGUF file holds: its `outtype` and, for a quantized one, what llama.cpp's quantizer logged:
+    how many tensors of each ggml type it wrote (q4_K, q6_K, f32...), and the tensors it gave a fallback type (name,
+    row width, the block it needed, the type it wanted and the one it used)."""
+
+    outtype: str
+    tensor_types: dict[str, int] = field(default_factory=dict)
+    fallbacks: list[dict[str, Any]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line: the type, the tensors' types and, if any, the fallbacks and why (`'q4_k_m: q4_K 112, ...'`)."""
+        types = ", ".join(f"{name} {count}" for name, count in self.tensor_types.items())
+        line = f"{self.outtype}: {types}" if types else self.outtype
+        if not self.fallbacks:
+            return line
+        widths = sorted({f["columns"] for f in self.fallbacks})
+        blocks = sorted({f["block"] for f in self.fallbacks})
+        return (
+            f"{line}; {len(self.fallbacks)} tensor(s) fell back (rows {', '.join(map(str, widths))} wide, not a "
+            f"multiple of {', '.join(map(str, blocks))})"
+        )
 
 
 def gguf_family(family: str) -> GgufFamily:
@@ -218,6 +266,10 @@ def stage_llm(
         tokenizer_config.write_text(json.dumps(saved, ensure_ascii=False, indent=2))
 
 
+def _last_line(result: subprocess.CompletedProcess) -> str:
+    return ((result.stderr or result.stdout).strip().splitlines()[-1:] or ["no message"])[0]
+
+
 def write_gguf(
     model: FunAsrNanoForConditionalGeneration,
     tokenizer: PreTrainedTokenizerBase,
@@ -225,29 +277,62 @@ def write_gguf(
     output: Path,
     outtype: OutType = "f16",
     work_dir: Path | None = None,
-) -> Path:
-    """Write the model's LLM as GGUF file `output` through llama.cpp's converter (`fetch_converter`), in `outtype`
-    (f32, f16 or q8_0). The causal-LM folder it converts is staged in `work_dir` (default: beside `output`) and
-    removed. Raises ValueError for a family the converter cannot take, or with the converter's last line when it
-    fails."""
+) -> GgufWeights:
+    """Write the model's LLM as GGUF file `output` in `outtype`: f32, f16 or q8_0 through llama.cpp's converter
+    (`fetch_converter`); q4_k_m or q5_k_m through the converter's f16, then llama.cpp's quantizer (`quantize_gguf`).
+    What it stages (the causal-LM folder, the f16 file) goes in `work_dir` (default: beside `output`) and is removed.
+    Returns what the file holds. Raises ValueError for a family the converter cannot take, with the converter's or
+    quantizer's last line when it fails, or naming the widths when no weight could be quantized."""
     import tempfile
 
     spec = gguf_family(family)
     folder = converter()
     with tempfile.TemporaryDirectory(dir=work_dir or output.parent, prefix=".llm-") as staged:
         stage_llm(model, tokenizer, family, Path(staged))
-        command = [sys.executable, "-m", "funasr_swap.gguf", str(folder), spec.pre_tokenizer or "", staged,
-                   "--outfile", str(output), "--outtype", outtype]  # fmt: skip
+        quantized = outtype in QUANTIZED_TYPES
+        converted = Path(staged) / "llm-f16.gguf" if quantized else output
+        command = [sys.executable, "-m", "funasr_swap.gguf", "convert", str(folder), spec.pre_tokenizer or "", staged,
+                   "--outfile", str(converted), "--outtype", "f16" if quantized else outtype]  # fmt: skip
         result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        last = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no message"]
-        raise ValueError(f"llama.cpp's converter failed on the {family} LLM: {last[0]}")
-    return output
+        if result.returncode != 0:
+            raise ValueError(f"llama.cpp's converter failed on the {family} LLM: {_last_line(result)}")
+        if quantized:
+            return quantize_gguf(converted, output, outtype)
+    return GgufWeights(outtype)
+
+
+def quantize_gguf(source: Path, output: Path, outtype: str, threads: int | None = None) -> GgufWeights:
+    """Quantize the f16/f32 GGUF `source` into `output` as `outtype` (`QUANTIZED_TYPES`) with llama.cpp's own
+    quantizer, `llama_model_quantize` (in a subprocess, whose stderr carries llama.cpp's per-tensor log: the
+    tensors' types and the fallbacks are read from it). ValueError with llama.cpp's last line when it fails, or
+    naming the row widths when no tensor could be quantized at all (every weight left f16 / f32: a file that would
+    only claim `outtype`)."""
+    if outtype not in QUANTIZED_TYPES:
+        raise ValueError(f"llama.cpp's quantizer makes {', '.join(QUANTIZED_TYPES)} here, not {outtype!r}")
+    command = [sys.executable, "-m", "funasr_swap.gguf", "quantize", str(source), str(output),
+               QUANTIZED_TYPES[outtype], str(threads or os.cpu_count() or 1)]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0 or not output.is_file():
+        raise ValueError(f"llama.cpp's quantizer failed on {source} ({outtype}): {_last_line(result)}")
+    fallbacks = [
+        {**match.groupdict(), "columns": int(match["columns"]), "block": int(match["block"])}
+        for match in _FALLBACK.finditer(result.stderr)
+    ]
+    written = Counter(converted or kept for kept, converted in _TENSOR.findall(result.stderr))
+    weights = GgufWeights(outtype, dict(written.most_common()), fallbacks)
+    if not written or all(name in _FLOAT_TYPES for name in written):
+        widths = sorted({f["columns"] for f in fallbacks})
+        output.unlink()
+        raise ValueError(
+            f"no tensor of the LLM could be quantized to {outtype}: its rows are {', '.join(map(str, widths))} wide, "
+            "not a multiple of llama.cpp's blocks (256; 32 for the fallback types); export f16 or q8_0 instead"
+        )
+    return weights
 
 
 def _run_converter(argv: list[str]) -> None:
-    """`python -m funasr_swap.gguf CONVERTER_DIR PRE_TOKENIZER MODEL_DIR ARGS...`: run the converter's main() on
-    MODEL_DIR with its own gguf-py, the pre-tokenizer name given (if not empty) instead of its hash check's."""
+    """`python -m funasr_swap.gguf convert CONVERTER_DIR PRE_TOKENIZER MODEL_DIR ARGS...`: run the converter's main()
+    on MODEL_DIR with its own gguf-py, the pre-tokenizer name given (if not empty) instead of its hash check's."""
     converter, pre_tokenizer, *args = argv
     sys.path[:0] = [converter, str(Path(converter) / "gguf-py")]
     import convert_hf_to_gguf  # noqa: PLC0415 - only importable once its folder is on the path
@@ -259,5 +344,19 @@ def _run_converter(argv: list[str]) -> None:
     convert_hf_to_gguf.main()
 
 
+def _run_quantizer(argv: list[str]) -> None:
+    """`python -m funasr_swap.gguf quantize SOURCE OUTPUT LLAMA_FTYPE THREADS`: llama-cpp-python's
+    `llama_model_quantize`, llama.cpp's log on stderr; exits 1 when it fails."""
+    import ctypes
+
+    import llama_cpp
+
+    source, output, ftype, threads = argv
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, ftype)
+    params.nthread = int(threads)
+    sys.exit(1 if llama_cpp.llama_model_quantize(source.encode(), output.encode(), ctypes.byref(params)) else 0)
+
+
 if __name__ == "__main__":
-    _run_converter(sys.argv[1:])
+    {"convert": _run_converter, "quantize": _run_quantizer}[sys.argv[1]](sys.argv[2:])

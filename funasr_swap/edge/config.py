@@ -51,7 +51,7 @@ class EdgeConfig:
 
     audio_model: str  # file name of the ONNX audio tower + adaptor
     llm: str  # file name of the GGUF LLM
-    outtype: str  # the GGUF's weight type: f32, f16 or q8_0
+    outtype: str  # the GGUF's weight type: f32, f16, q8_0, q4_k_m or q5_k_m (the card says which tensors fell back)
     hidden_size: int  # the LLM's width: the adaptor's output rows
     # llama.cpp multiplies every input row by the LLM's embedding scale (Gemma-2: sqrt(hidden_size)), injected rows
     # too; transformers scales token embeddings only: the runtime divides the audio rows by it first

@@ -1,11 +1,14 @@
 """Transcribe with an exported folder (`funasr-swap export`): numpy features, onnxruntime for the audio tower and
 adaptor, llama.cpp (through llama-cpp-python's low-level API) for the LLM; torch is never imported.
 
-One clip at a time, greedy: the prompt's ids before the audio go in as tokens, the adaptor's rows as embeddings
-(`llama_batch.embd`), the ids after the audio as tokens, then the argmax token is fed back until the first stop id,
-as `funasr_swap.transcribe.transcribe` decodes with `num_beams=1`. Text positions go in as token ids, so the runtime
-needs no embedding table; the rows are divided by the LLM's embedding scale first, because llama.cpp multiplies
-injected rows by it as it does token rows (Gemma-2: sqrt(hidden_size)) and transformers does not.
+Greedy, several clips at a time as llama.cpp sequences: each clip's prompt ids before the audio go in as tokens, the
+adaptor's rows as embeddings (`llama_batch.embd`), the ids after the audio as tokens, each in its own sequence; then
+one batch per step carries every unfinished clip's argmax token, each clip leaving the batch at its first stop id, as
+`funasr_swap.transcribe.transcribe` decodes with `num_beams=1`. The batches are numpy arrays llama.cpp reads in place
+(`_Batch`): a step is one `llama_decode`, one argmax over the logits' rows and a few array writes, no Python loop over
+clips or positions. Text positions go in as token ids, so the runtime needs no embedding table; the rows are divided
+by the LLM's embedding scale first, because llama.cpp multiplies injected rows by it as it does token rows (Gemma-2:
+sqrt(hidden_size)) and transformers does not.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from funasr_swap.asr_io import DEFAULT_MAX_AUDIO_SECONDS, DEFAULT_MAX_NEW_TOKENS
 from funasr_swap.edge.config import EDGE_CONFIG, EdgeConfig, TaskPrompt, read_edge_config
 from funasr_swap.edge.features import fbank, lfr_stack, num_lfr_frames
 
-__all__ = ["DEFAULT_CONTEXT", "EdgeModel", "transcribe"]
+__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_CONTEXT", "EdgeModel", "transcribe"]
 
 DEFAULT_CONTEXT = 2048  # the first context (prompt + audio rows + answer; 60 s of audio is 1,000 rows); it grows
+DEFAULT_BATCH_SIZE = 8  # clips decoded together (llama.cpp sequences), as `transcribe`'s batch_size
 
 
 def _import_runtime():
@@ -69,6 +73,43 @@ def _onnx_session(onnxruntime, path: Path, threads: int):
         raise ValueError(f"{path}: onnxruntime cannot load it ({reason}); export the model again") from None
 
 
+class _Batch:
+    """A `llama_batch` over numpy arrays that the runtime writes in place: `size` inputs, token ids or (`width` > 0)
+    embedding rows, each with its position, its one sequence id and whether llama.cpp keeps its logits. Owns its
+    memory (no `llama_batch_init` / `llama_batch_free`)."""
+
+    def __init__(self, llama_cpp, size: int, width: int = 0):
+        self.token = np.zeros(size, np.int32)
+        self.embd = np.zeros((size, width), np.float32)
+        self.pos = np.zeros(size, np.int32)
+        self.seq = np.zeros(size, np.int32)
+        self.logits = np.zeros(size, np.int8)
+        self._n_seq_id = np.ones(size, np.int32)
+        # llama_batch.seq_id is one pointer per input to its sequence ids: here each to its slot of `seq`
+        self._seq_pointers = self.seq.ctypes.data + self.seq.itemsize * np.arange(size, dtype=np.uintp)
+
+        def pointer(array: np.ndarray, kind):
+            return array.ctypes.data_as(ctypes.POINTER(kind))
+
+        self.struct = llama_cpp.llama_batch(
+            n_tokens=0,
+            token=None if width else pointer(self.token, llama_cpp.llama_token),
+            embd=pointer(self.embd, ctypes.c_float) if width else None,
+            pos=pointer(self.pos, llama_cpp.llama_pos),
+            n_seq_id=pointer(self._n_seq_id, ctypes.c_int32),
+            seq_id=pointer(self._seq_pointers, ctypes.POINTER(llama_cpp.llama_seq_id)),
+            logits=pointer(self.logits, ctypes.c_int8),
+        )
+
+    def fill(self, count: int, start: int, seq: int, logits: bool) -> None:
+        """Inputs `[:count]` at positions `start...` of sequence `seq`, logits kept for the last one if `logits`."""
+        self.pos[:count] = np.arange(start, start + count)
+        self.seq[:count] = seq
+        self.logits[:count] = 0
+        self.logits[count - 1] = logits
+        self.struct.n_tokens = count
+
+
 class EdgeModel:
     """An exported folder, loaded: `config` (edge.json), the ONNX audio session and the llama.cpp model + context.
 
@@ -76,8 +117,9 @@ class EdgeModel:
         folder: what `funasr-swap export` wrote.
         threads: CPU threads for onnxruntime and llama.cpp (None: half the logical cores, about the physical ones;
             llama.cpp's threads spin while they wait, so more threads than free cores is far slower, not faster).
-        context: llama.cpp's context in tokens at first: prompt + audio rows (one per 60 ms) + answer. It grows when
-            a clip and its answer need more (`reserve`), so any clip `transcribe` accepts fits.
+        context: llama.cpp's context in tokens at first, per sequence: prompt + audio rows (one per 60 ms) +
+            answer. It grows when a clip and its answer need more (`reserve`), so any clip `transcribe` accepts fits.
+        sequences: clips decoded together at first (`generate_batch`); grows as `reserve` is asked.
 
     The parts are checked against each other before llama.cpp or onnxruntime sees any input (ValueError naming the
     file and both values): audio.onnx's feature and row widths, llm.gguf's width, edge.json's; every prompt and stop
@@ -88,7 +130,9 @@ class EdgeModel:
     # what close() frees, when made: a constructor that fails part-way leaves the rest None
     _model = _ctx = _tokens = _rows = None
 
-    def __init__(self, folder: str | Path, threads: int | None = None, context: int = DEFAULT_CONTEXT):
+    def __init__(
+        self, folder: str | Path, threads: int | None = None, context: int = DEFAULT_CONTEXT, sequences: int = 1
+    ):
         llama_cpp, onnxruntime = _import_runtime()
         self._llama = llama_cpp
         self.folder = Path(folder)
@@ -110,8 +154,8 @@ class EdgeModel:
             self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
             self.width = llama_cpp.llama_model_n_embd(self._model)
             self._check_parts()
-            self.context = 0
-            self.reserve(context)
+            self.context = self.sequences = 0
+            self.reserve(context, sequences)
         except BaseException:
             self.close()
             raise
@@ -153,34 +197,36 @@ class EdgeModel:
                     f"of {self._n_vocab} tokens: the files come from different exports"
                 )
 
-    def reserve(self, positions: int) -> None:
-        """Make llama.cpp's context hold at least `positions` (prompt + audio rows + answer) and its batches as many
-        inputs; a larger context is made anew (rounded up to 256), a smaller need keeps the one there is."""
-        if positions <= self.context:
+    def reserve(self, positions: int, sequences: int = 1) -> None:
+        """Make llama.cpp's context hold `sequences` sequences of at least `positions` each (prompt + audio rows +
+        answer) and its batches as many inputs; a larger need makes it anew (positions rounded up to 256), a smaller
+        one keeps the context there is. Each sequence has its own cache (llama.cpp's `kv_unified` off): a step's
+        attention reads its own clip's positions only."""
+        if positions <= self.context and sequences <= self.sequences:
             return
-        size = -(-positions // 256) * 256
+        size, sequences = max(-(-positions // 256) * 256, self.context), max(sequences, self.sequences, 1)
         llama_cpp = self._llama
         self._free_context()
         params = llama_cpp.llama_context_default_params()
-        params.n_ctx = params.n_batch = size
+        params.n_ctx = size * sequences
+        params.n_batch = max(size, sequences)
+        params.n_seq_max = sequences
+        params.kv_unified = False
         params.n_threads = params.n_threads_batch = self._threads
         params.no_perf = True
         self._ctx = llama_cpp.llama_init_from_model(self._model, params)
         if not self._ctx:
             llm = self.folder / self.config.llm
-            raise MemoryError(f"llama.cpp could not make a context of {size} tokens for {llm}")
-        self._tokens = llama_cpp.llama_batch_init(size, 0, 1)
-        self._rows = llama_cpp.llama_batch_init(size, self.width, 1)  # the rows' buffer: size x width floats
-        self.context = size
+            raise MemoryError(f"llama.cpp could not make a context of {sequences} x {size} tokens for {llm}")
+        self._tokens = _Batch(llama_cpp, params.n_batch)
+        self._rows = _Batch(llama_cpp, size, self.width)  # the rows' buffer: size x width floats
+        self.context, self.sequences = size, sequences
 
     def _free_context(self) -> None:
-        for name in ("_tokens", "_rows"):
-            if getattr(self, name) is not None:
-                self._llama.llama_batch_free(getattr(self, name))
-                setattr(self, name, None)
+        self._tokens = self._rows = None
         if self._ctx:
             self._llama.llama_free(self._ctx)
-        self._ctx, self.context = None, 0
+        self._ctx, self.context, self.sequences = None, 0, 0
 
     def close(self) -> None:
         """Free llama.cpp's context, batches and model (the object is unusable after)."""
@@ -232,24 +278,21 @@ class EdgeModel:
             count = self._llama.llama_detokenize(self._vocab, array, len(ids), buffer, size, False, False)
         return buffer.raw[: max(count, 0)].decode("utf-8", errors="replace")
 
-    def _decode(self, batch, count: int, start: int, logits: bool) -> None:
-        batch.n_tokens = count
-        for i in range(count):
-            batch.pos[i] = start + i
-            batch.n_seq_id[i] = 1
-            batch.seq_id[i][0] = 0
-            batch.logits[i] = logits and i == count - 1
-        if self._llama.llama_decode(self._ctx, batch) != 0:
-            raise RuntimeError(f"llama_decode failed at position {start} ({count} inputs)")
+    def _decode(self, batch: _Batch) -> None:
+        if self._llama.llama_decode(self._ctx, batch.struct) != 0:
+            first = int(batch.pos[0])
+            raise RuntimeError(f"llama_decode failed at position {first} ({batch.struct.n_tokens} inputs)")
 
-    def _decode_ids(self, ids: Sequence[int], start: int, logits: bool) -> None:
-        for i, token in enumerate(ids):
-            self._tokens.token[i] = token
-        self._decode(self._tokens, len(ids), start, logits)
+    def _decode_ids(self, ids: Sequence[int], start: int, logits: bool, seq: int = 0) -> None:
+        self._tokens.token[: len(ids)] = ids
+        self._tokens.fill(len(ids), start, seq, logits)
+        self._decode(self._tokens)
 
-    def prefill(self, before: Sequence[int], rows: np.ndarray, after: Sequence[int], room: int = 0) -> np.ndarray:
-        """Put prompt `before` + audio `rows` + `after` into a cleared context (with `room` positions left for the
-        answer); a copy of the logits `(vocab,)` at its last position. The context grows to fit (`reserve`)."""
+    def prefill(
+        self, before: Sequence[int], rows: np.ndarray, after: Sequence[int], room: int = 0, seq: int = 0
+    ) -> np.ndarray:
+        """Put prompt `before` + audio `rows` + `after` into sequence `seq` (cleared first; with `room` positions left
+        for the answer); a copy of the logits `(vocab,)` at its last position. The context grows to fit (`reserve`)."""
         if rows.ndim != 2 or rows.shape[1] != self.width:
             raise ValueError(f"audio rows must be (frames, {self.width}) for {self.folder / self.config.llm}, got "
                              f"{rows.shape}")  # fmt: skip
@@ -258,33 +301,57 @@ class EdgeModel:
                 llm = self.folder / self.config.llm
                 raise ValueError(f"prompt ids {name} the audio hold {outside[0]}, outside {llm}'s vocabulary of "
                                  f"{self._n_vocab} tokens")  # fmt: skip
-        self.reserve(len(before) + len(rows) + len(after) + room)
-        self._llama.llama_memory_clear(self._llama.llama_get_memory(self._ctx), True)
-        scaled = np.ascontiguousarray(rows / np.float32(self.config.audio_embedding_scale), dtype=np.float32)
-        ctypes.memmove(self._rows.embd, scaled.ctypes.data, scaled.nbytes)
-        self._decode_ids(before, 0, False)
-        self._decode(self._rows, len(scaled), len(before), False)
-        self._decode_ids(after, len(before) + len(scaled), True)
+        self.reserve(len(before) + len(rows) + len(after) + room, seq + 1)
+        self._llama.llama_memory_seq_rm(self._llama.llama_get_memory(self._ctx), seq, -1, -1)
+        np.divide(rows, np.float32(self.config.audio_embedding_scale), out=self._rows.embd[: len(rows)])
+        self._decode_ids(before, 0, False, seq)
+        self._rows.fill(len(rows), len(before), seq, False)
+        self._decode(self._rows)
+        self._decode_ids(after, len(before) + len(rows), True, seq)
         return self._logits().copy()
 
-    def _logits(self) -> np.ndarray:
-        """A view of llama.cpp's logits buffer: valid until the next decode or `close()`."""
-        return np.ctypeslib.as_array(self._llama.llama_get_logits_ith(self._ctx, -1), shape=(self._n_vocab,))
+    def _logits(self, rows: int | None = None) -> np.ndarray:
+        """A view of llama.cpp's logits: the last output's `(vocab,)`, or the first `rows` outputs' `(rows, vocab)`;
+        valid until the next decode or `close()`."""
+        if rows is None:
+            return np.ctypeslib.as_array(self._llama.llama_get_logits_ith(self._ctx, -1), shape=(self._n_vocab,))
+        return np.ctypeslib.as_array(self._llama.llama_get_logits(self._ctx), shape=(rows, self._n_vocab))
 
     def generate(self, before: Sequence[int], rows: np.ndarray, after: Sequence[int], max_new_tokens: int) -> list[int]:
         """Greedy answer ids (the stop id not included) to prompt `before` + audio `rows` + `after`."""
-        logits = self.prefill(before, rows, after, room=max_new_tokens)
-        position = len(before) + len(rows) + len(after)
-        stops, answer = set(self.config.stop_ids), []
-        for _ in range(max_new_tokens):
-            token = int(np.argmax(logits))
-            if token in stops:
+        return self.generate_batch(before, [rows], after, max_new_tokens)[0]
+
+    def generate_batch(
+        self, before: Sequence[int], clips: Sequence[np.ndarray], after: Sequence[int], max_new_tokens: int
+    ) -> list[list[int]]:
+        """Greedy answer ids (the stop id not included) to prompt `before` + each clip's audio rows + `after`, the
+        clips decoded together, one llama.cpp sequence each (the module docstring)."""
+        count = len(clips)
+        self.reserve(len(before) + max((len(r) for r in clips), default=0) + len(after) + max_new_tokens, count)
+        first = np.array([int(np.argmax(self.prefill(before, rows, after, max_new_tokens, seq)))
+                          for seq, rows in enumerate(clips)], np.int32)  # fmt: skip
+        answers = np.zeros((count, max_new_tokens), np.int32)
+        lengths = np.full(count, max_new_tokens)
+        stops = np.array(self.config.stop_ids, np.int32)
+        active = np.arange(count, dtype=np.int32)  # the unfinished clips' sequence ids, in batch order
+        positions = np.array([len(before) + len(rows) + len(after) for rows in clips], np.int32)
+        batch, tokens = self._tokens, first
+        for step in range(max_new_tokens):
+            if (stopped := np.isin(tokens, stops)).any():
+                lengths[active[stopped]] = step
+                active, tokens, positions = active[~stopped], tokens[~stopped], positions[~stopped]
+                if not active.size:
+                    break
+            answers[active, step] = tokens
+            if step == max_new_tokens - 1:
                 break
-            answer.append(token)
-            self._decode_ids([token], position, True)
-            position += 1
-            logits = self._logits()
-        return answer
+            n = active.size
+            batch.token[:n], batch.pos[:n], batch.seq[:n], batch.logits[:n] = tokens, positions, active, 1
+            batch.struct.n_tokens = n
+            self._decode(batch)
+            positions = positions + 1
+            tokens = self._logits(n).argmax(axis=1).astype(np.int32)
+        return [answer[:length].tolist() for answer, length in zip(answers, lengths)]
 
     def prompt(self, language: str | None, hotwords: Sequence[str], itn: bool) -> tuple[list[int], list[int]]:
         """The ids before and after the audio for a task, as `funasr_swap.transcribe.prompt_ids` builds them."""
@@ -308,19 +375,23 @@ def transcribe(
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     max_audio_seconds: float = DEFAULT_MAX_AUDIO_SECONDS,
     progress: bool | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> list[Transcript]:
-    """Transcribe `audios` with an exported model: `funasr_swap.transcribe.transcribe`'s inputs (less the processor,
-    batching and beams: one clip at a time, greedy) and outputs, one `Transcript` per input in input order.
+    """Transcribe `audios` with an exported model: `funasr_swap.transcribe.transcribe`'s inputs (less the processor
+    and beams: greedy) and outputs, one `Transcript` per input in input order; `batch_size` clips decoded together.
 
     Args:
         model: an `EdgeModel`, or the folder `funasr-swap export` wrote (loaded for this call).
-        audios, language, hotwords, itn, max_new_tokens, max_audio_seconds, progress: as `transcribe`'s.
+        audios, language, hotwords, itn, max_new_tokens, max_audio_seconds, progress, batch_size: as `transcribe`'s
+            (a Transcript's `seconds` is its batch's wall time divided by the batch's clips, as there).
     """
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if max_new_tokens < 1 or batch_size < 1:
+        raise ValueError(f"max_new_tokens and batch_size must be >= 1, got {max_new_tokens} and {batch_size}")
     if not isinstance(model, EdgeModel):
         with EdgeModel(model) as loaded:
-            return transcribe(loaded, audios, language, hotwords, itn, max_new_tokens, max_audio_seconds, progress)
+            return transcribe(
+                loaded, audios, language, hotwords, itn, max_new_tokens, max_audio_seconds, progress, batch_size
+            )  # fmt: skip
     from tqdm.auto import tqdm
 
     settings = model.config.features
@@ -331,11 +402,17 @@ def transcribe(
     )  # fmt: skip
     # one context for the longest clip and its answer, made before the first: none is made anew mid-way
     longest = max((num_lfr_frames(len(w), settings) for w in waveforms), default=0)
-    model.reserve(len(before) + longest + len(after) + max_new_tokens)
+    model.reserve(len(before) + longest + len(after) + max_new_tokens, min(batch_size, len(waveforms)))
     results = []
-    for waveform in tqdm(waveforms, unit="audio", disable=not (progress if progress is not None else len(audios) > 1)):
-        began = time.perf_counter()
-        answer = model.generate(before, model.audio_rows(waveform), after, max_new_tokens)
-        text = model.detokenize(answer).strip()
-        results.append(Transcript(text, len(waveform) / rate, time.perf_counter() - began, len(answer)))
+    with tqdm(
+        total=len(waveforms), unit="audio", disable=not (progress if progress is not None else len(audios) > 1)
+    ) as bar:
+        for first in range(0, len(waveforms), batch_size):
+            batch = waveforms[first : first + batch_size]
+            began = time.perf_counter()
+            answers = model.generate_batch(before, [model.audio_rows(w) for w in batch], after, max_new_tokens)
+            texts = [model.detokenize(answer).strip() for answer in answers]
+            share = (time.perf_counter() - began) / len(batch)
+            results += [Transcript(t, len(w) / rate, share, len(a)) for t, w, a in zip(texts, batch, answers)]
+            bar.update(len(batch))
     return results

@@ -1,4 +1,5 @@
-"""The demo's fixtures: the quick world's models loaded once, and one running demo server over them."""
+"""The demo's fixtures: the quick world's models loaded once (the last with an edge export), and one running demo
+server over them."""
 
 from __future__ import annotations
 
@@ -11,12 +12,27 @@ MAX_FILE_SIZE = "300kb"
 
 
 @pytest.fixture(scope="session")
-def world_models(quick_world):
-    """The quick world's models (`demos.models.load_models` over its index), loaded once."""
+def world_export(quick_world, tmp_path_factory):
+    """(model folder, its f16 edge export) for the quick world's last model, exported once (outside the world, which
+    tests never write into)."""
+    from funasr_swap.export import export_edge
+    from funasr_swap.miniature import read_index
+
+    folder = quick_world / read_index(quick_world)[-1].folder
+    export = tmp_path_factory.mktemp("demo-export") / "edge"
+    export_edge(folder, export, "f16")
+    return folder, export
+
+
+@pytest.fixture(scope="session")
+def world_models(quick_world, world_export):
+    """The quick world's models (`demos.models.load_models` over its index), loaded once; the last one with its edge
+    export (f16: its transcripts equal PyTorch's), which gives it an edge column."""
     from demos.models import load_models
     from funasr_swap.miniature import read_index
 
-    return load_models([quick_world / entry.folder for entry in read_index(quick_world)])
+    folder, export = world_export
+    return load_models([quick_world / entry.folder for entry in read_index(quick_world)], {folder: export})
 
 
 @pytest.fixture(scope="session")

@@ -47,6 +47,12 @@ def test_a_person_compares_an_example_and_is_told_a_file_is_too_large(
         ranking = page.locator("#ranking").inner_text()
         assert all(name in ranking for name in names)
         assert "CER" in page.locator("#stats-0").inner_text()
+        # the last model's edge column (conftest: its f16 export): the export's transcript, equal to PyTorch's
+        last, edge = len(names) - 1, api[2][names[-1]]["edge"]
+        assert "· edge" in page.locator(f"#edge-card-{last}").inner_text()
+        assert page.locator(f"#edge-transcript-{last} textarea").input_value() == edge["text"] == shown[-1]
+        assert "equals PyTorch's ✓" in page.locator(f"#edge-stats-{last}").inner_text()
+        page.locator(f"#edge-card-{last}").screenshot(path=tmp_path / "edge-card.png")
 
         clear_audio(page)
         upload_file(page, too_large)

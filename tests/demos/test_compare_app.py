@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import os
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -42,7 +43,7 @@ def test_use_temp_dir_points_every_gradio_file_at_one_folder(tmp_path, monkeypat
     assert os.environ["GRADIO_EXAMPLES_CACHE"].startswith(str(folder.resolve()))
     fresh = use_temp_dir(DemoConfig())
     assert fresh.is_dir() and fresh.name.startswith("funasr-swap-demo-")
-    fresh.rmdir()
+    fresh.rmdir()  # removed at exit too (test_the_temp_folder_made_for_the_demo_is_removed_at_exit)
 
 
 def test_compare_clip_fills_one_column_per_model_and_says_what_went_wrong(tiny_base_folder, tmp_path):
@@ -65,6 +66,49 @@ def test_compare_clip_fills_one_column_per_model_and_says_what_went_wrong(tiny_b
     )
     assert "Every selected model failed" in message and "shorter than one" in columns[1]
     assert [row[2:] for row in rows] == [[None, None, None]] * 2
+
+
+def test_a_model_with_an_export_gets_an_edge_column_that_says_if_it_equals_pytorch(
+    tiny_base_folder, tiny_export, tmp_path, monkeypatch
+):
+    from demos.compare_app import build_app
+    from demos.models import load_models
+
+    models = load_models([tiny_base_folder, tmp_path / "plain"], {tiny_base_folder: tiny_export})
+    message, rows, by_model, *columns = compare_clip(
+        models, DemoConfig(max_new_tokens=4), "tests/fixtures/fbank/en.wav", "", ["tiny"]
+    )
+    assert message == "" and len(columns) == 3 + 2 + 3  # the edge's transcript and stats after the model's three
+    edge = by_model["tiny"]["edge"]
+    # f32: llama.cpp transcribes as PyTorch does (tests/funasr_swap/edge/test_runtime.py)
+    assert edge["text"] == by_model["tiny"]["text"] and edge["equal"] is True and edge["latency"] > 0
+    assert columns[3] == edge["text"] and "equals PyTorch's ✓" in columns[4] and "RTF" in columns[4]
+    assert columns[5:7] == ["", "not loaded"]
+    monkeypatch.setenv("GRADIO_TEMP_DIR", "unchanged")  # build_app sets them: restored after the test
+    monkeypatch.setenv("GRADIO_EXAMPLES_CACHE", "unchanged")
+    app = build_app(models, [], DemoConfig(temp_dir=tmp_path / "temp"))
+    values = {c.get("props", {}).get("elem_id"): c["props"].get("value") for c in app.config["components"]}
+    assert "tiny · edge" in values["edge-card-0"] and "f32" in values["edge-card-0"]
+    assert "edge-transcript-0" in values and "edge-card-1" not in values
+
+
+def test_the_temp_folder_made_for_the_demo_is_removed_at_exit(tmp_path):
+    """Uploads are people's audio: the folder use_temp_dir made goes when the process ends; one the config names
+    stays."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; from pathlib import Path; from demos.compare_app import use_temp_dir; "
+        "from demos.config import DemoConfig; made = use_temp_dir(DemoConfig()); "
+        "(made / 'upload.wav').write_text('x'); named = use_temp_dir(DemoConfig(temp_dir=Path(sys.argv[1]))); "
+        "print(made)"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "named")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    made = Path(result.stdout.strip())
+    assert made.name.startswith("funasr-swap-demo-") and not made.exists()
+    assert (tmp_path / "named").is_dir()
 
 
 def test_a_model_folder_that_does_not_load_is_named_in_the_page(tiny_base_folder, tmp_path, monkeypatch):
@@ -118,6 +162,18 @@ def test_the_api_transcripts_equal_transcribes(client, world_models, world_examp
     assert [columns[3 * i] for i in range(2)] == [by_model[m.name]["text"] for m in chosen]
     assert "latency" in columns[1] and "CER" in columns[1]
     assert columns[3 * 2 : 3 * 2 + 2] == ["", "not selected"]
+    assert columns[-2:] == ["", "not selected"]  # the last model's edge column (conftest: world_models)
+
+
+@pytest.mark.slow
+def test_the_api_gives_the_edge_column_its_transcript_equal_to_pytorchs(client, world_models, world_examples):
+    example, model = world_examples[0], world_models[-1]
+    assert model.has_edge and not any(m.has_edge for m in world_models[:-1])
+    message, _, by_model, *columns = _compare(client, example.audio, example.text, [model.name])
+    edge = by_model[model.name]["edge"]
+    assert message == "" and edge["equal"] is True and edge["text"] == by_model[model.name]["text"]  # f16
+    stats = f"latency {edge['latency']:.2f} s · RTF {edge['rtf']:.3f} · equals PyTorch's ✓"
+    assert columns[-2:] == [edge["text"], stats]
 
 
 @pytest.mark.slow

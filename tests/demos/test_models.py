@@ -1,4 +1,5 @@
-"""The demo's models: loaded once with their cards; a folder that does not load is kept with its error."""
+"""The demo's models: loaded once with their cards and edge exports; a folder or an export that does not load is
+kept with its error."""
 
 from __future__ import annotations
 
@@ -55,3 +56,31 @@ def test_an_unreadable_folder_is_kept_with_its_error_and_names_stay_unique(tmp_p
     assert models[0].error and "missing" in models[0].error and models[0].model is None
     assert models[2].error
     assert [m.name for m in models] == ["missing", "tiny", "broken", "tiny (2)"]
+
+
+def test_an_export_is_given_or_found_beside_a_runs_final_and_a_broken_one_keeps_its_error(
+    tiny_base_folder, tiny_export, tmp_path
+):
+    import shutil
+
+    from demos.models import export_folder
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_base_folder, run / "final")
+    assert export_folder(run / "final") is None  # no RUN/edge yet
+    shutil.copytree(tiny_export, run / "edge")
+    assert export_folder(run / "final") == run / "edge"
+    assert export_folder(tiny_base_folder) is None  # not a run's final: its parent's edge/ is not guessed at
+    shutil.copytree(tiny_base_folder, tmp_path / "plain")
+    broken = tmp_path / "broken-edge"
+    broken.mkdir()
+    found, given, none, bad = load_models(
+        [run / "final", tiny_base_folder, tmp_path / "plain", tmp_path / "missing"],
+        {tiny_base_folder: tiny_export, tmp_path / "missing": tiny_export},
+    )
+    assert found.edge is not None and found.edge_folder == run / "edge" and found.has_edge
+    assert given.edge is not None and given.edge_folder == tiny_export
+    assert none.edge is None and not none.has_edge
+    assert not bad.loaded and not bad.has_edge  # no model: no edge column either
+    [broken_one] = load_models([tiny_base_folder], {tiny_base_folder: broken})
+    assert broken_one.edge is None and broken_one.has_edge and "no edge.json" in broken_one.edge_error

@@ -1,5 +1,6 @@
 """Edge transcription equals the PyTorch path's, for every family: prompts id for id, first-step logits, and greedy
-transcripts on the quick world's held-out clips (f32 and f16 GGUF exactly; q8_0 reported)."""
+transcripts on the quick world's held-out clips (f32 and f16 GGUF exactly, one clip at a time and batched; q8_0 and
+q4_k_m reported); clips decoded together answer as they do alone, each stopping at its own step."""
 
 from __future__ import annotations
 
@@ -39,11 +40,13 @@ def test_prompts_equal_the_processors_id_for_id(name, edge_sources, export):
 
 @pytest.mark.parametrize("name", WORLD_FAMILIES)
 @pytest.mark.parametrize("outtype", ["f32", "f16"])
-def test_transcripts_equal_pytorchs(name, outtype, edge_sources, export, test_clips):
+@pytest.mark.parametrize("batch_size", [1, 2])  # 2: the quick world's 3 test clips make a full and a part batch
+def test_transcripts_equal_pytorchs(name, outtype, batch_size, edge_sources, export, test_clips):
     model, processor = load_base(edge_sources[name])
     for language, hotwords, itn in TASKS[:3]:
         expected = transcribe(model, processor, test_clips, language, hotwords, itn, max_new_tokens=MAX_NEW_TOKENS)
-        got = edge.transcribe(export(name, outtype), test_clips, language, hotwords, itn, MAX_NEW_TOKENS)
+        got = edge.transcribe(export(name, outtype), test_clips, language, hotwords, itn, MAX_NEW_TOKENS,
+                              batch_size=batch_size)  # fmt: skip
         assert [t.text for t in got] == [t.text for t in expected]
         assert [t.tokens for t in got] == [t.tokens for t in expected]
         assert [t.audio_seconds for t in got] == [t.audio_seconds for t in expected]
@@ -109,14 +112,48 @@ def test_random_swaps_answer_as_pytorch_up_to_ties(name, outtype, edge_sources, 
 
 
 @pytest.mark.parametrize("name", WORLD_FAMILIES)
-def test_q8_0_transcribes_and_its_agreement_is_reported(name, edge_sources, export, test_clips, record_property):
+@pytest.mark.parametrize("outtype", ["q8_0", "q4_k_m"])
+def test_quantized_transcribes_and_its_agreement_is_reported(name, outtype, edge_sources, export, test_clips,
+                                                             record_property):  # fmt: skip
     model, processor = load_base(edge_sources[name])
     expected = [t.text for t in transcribe(model, processor, test_clips, max_new_tokens=MAX_NEW_TOKENS)]
-    got = [t.text for t in edge.transcribe(export(name, "q8_0"), test_clips, max_new_tokens=MAX_NEW_TOKENS)]
+    got = [t.text for t in edge.transcribe(export(name, outtype), test_clips, max_new_tokens=MAX_NEW_TOKENS)]
     agreement = sum(a == b for a, b in zip(got, expected))
-    record_property("q8_0_equal_transcripts", f"{agreement}/{len(expected)}")
-    print(f"{name} q8_0: {agreement} of {len(expected)} transcripts equal PyTorch's")
+    record_property(f"{outtype}_equal_transcripts", f"{agreement}/{len(expected)}")
+    print(f"{name} {outtype}: {agreement} of {len(expected)} transcripts equal PyTorch's")
     assert len(got) == len(expected)
+
+
+def test_clips_decoded_together_answer_as_alone_each_stopping_at_its_own_step(tiny_export, tmp_path):
+    """Four clips of different lengths, batched 4 and 3 (a part batch) and alone: the same ids. Then a token the
+    clips first say at different steps (or never) is made a stop id: each clip stops at its own step, batched as
+    alone, while the rest of the batch goes on without it."""
+    from tests.conftest import write_tone
+    from tests.funasr_swap.edge.conftest import copy_export
+
+    waveforms = [load_audio(write_tone(tmp_path / f"{i}.wav", seconds, 150.0 + 90 * i))
+                 for i, seconds in enumerate((0.5, 1.7, 0.9, 2.4))]  # fmt: skip
+
+    def answers(folder, batch_size):
+        with edge.EdgeModel(folder) as model:
+            before, after = model.prompt(None, (), True)
+            clips = [model.audio_rows(w) for w in waveforms]
+            return [ids for first in range(0, len(clips), batch_size)
+                    for ids in model.generate_batch(before, clips[first : first + batch_size], after, 12)]  # fmt: skip
+
+    alone = answers(tiny_export, 1)
+    assert answers(tiny_export, 4) == answers(tiny_export, 3) == alone
+    assert all(len(ids) == 12 for ids in alone)  # random weights: none stops by itself within 12
+
+    def cut(token):
+        return [ids[: ids.index(token)] if token in ids else ids for ids in alone]
+
+    # a token whose stop leaves answers of different lengths (the tiny model says one token over and over, a
+    # different one for some clips: those stop at once, the others go on in the batch's first rows)
+    stop = next(t for t in sorted({t for ids in alone for t in ids}) if len({len(ids) for ids in cut(t)}) > 1)
+    config = edge.read_edge_config(tiny_export)
+    stopping = copy_export(tiny_export, tmp_path / "stop", stop_ids=[*config.stop_ids, stop])
+    assert answers(stopping, 1) == answers(stopping, 4) == cut(stop)
 
 
 def test_the_edge_runtime_never_imports_torch(export, test_clips):
