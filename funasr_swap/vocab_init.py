@@ -5,31 +5,37 @@ on token pairs, but the base's frames are not token-like enough for that map to 
 them (valid CER right after such a swap: 74-116%). Here the frames are read as tokens instead, and the tokens are
 carried across by `tokenmap`'s exact vocabulary correspondence:
 
-1. read: each base frame h is read against the base LLM's input embeddings as the swaps' CTC loss reads it
-   (`funasr_swap.loss.token_scores`: token t scores `CTC_SCALE h.e_t / |e_t|^2`), softmax over the readable tokens:
-   a distribution q(t | frame) over the base vocabulary. The CTC blank is left out: the new LLM was never shown
-   blanks, so a blank frame is carried as the tokens it holds most of (the neighbouring token, in practice), which
-   is what a copy-reading LLM expects (a token repeated over several frames);
+1. read: each base frame h is read against the base LLM's input embeddings exactly as the swaps' CTC loss reads it
+   (`funasr_swap.loss.token_scores`: token t scores `CTC_SCALE h.e_t / |e_t|^2`, the CTC blank `CTC_SCALE / 2`),
+   softmax: a distribution q(t | frame) over the base's readable tokens and the blank;
 2. carry: every readable base token t has a carried embedding c_t in the new LLM's input space: the mean of the new
    LLM's input embeddings of the target tokens `VocabMap` maps t to (one for an exact match, several for a token
    the target spells in pieces), as the new LLM's embedding layer gives them (Gemma-2's scale sqrt(hidden)
-   included: it is what the frames are merged with). The frame's target is the mixture sum_t q(t) c_t;
-3. fit: the new adaptor (a `bridge` or `fresh` start) is fitted to those targets with a few hundred Adam steps on
-   the mean squared error, the encoder's outputs of a handful of clips computed once.
+   included: the frames are merged with its output, not with the rows). The blank is carried as the zero vector.
+   A frame's target is the mixture sum_t q(t) c_t;
+3. fit: the new adaptor (a `fresh` or `bridge` start) is fitted to those targets with a few hundred Adam steps on
+   the mean squared error, the encoder's outputs of a few hundred training clips computed once.
 
-Readable tokens: on the base side the rows given (the miniature: the tokens its world uses; by default every row
-that is not zero); a base token is left out when the map gives it no target (control tokens without a partner,
-bytes the target cannot spell), when it maps to a speech marker of the new LLM (Llama-3's reserved tokens reused
-as the placeholder, DeepSeek-V2's added marker rows), or when one of its targets is a zero row of the new LLM (the
-miniature's LLMs know nothing else). Its share of a frame's mass goes to the others (the softmax runs over the
-readable tokens only).
+Why the blank is zero: the new LLMs were pretrained to copy token embeddings, never shown a blank. In the Llama-3.2
+swap of the seed-0 world, feeding the carried targets themselves to the new LLM (the fit's ceiling) gave a valid
+CER of 31.7% with the blank as zero, 59.7% with the blank left out of the softmax (a blank frame then carried as
+the tokens it holds most of), 40.1% with a blank frame repeating the last token; 12.3% is the base frames' own
+greedy CTC reading.
+
+Readable tokens: on the base side the non-zero rows of its input embedding (a real LLM: every row; the
+miniature's: the tokens its world uses), text tokens only (a frame is speech, never a control token); a base token
+is left out when the map gives it no target spelling, when it maps to a speech marker of the new LLM (Llama-3's
+reserved tokens reused as the placeholder, DeepSeek-V2's added marker rows), or when one of its targets is a zero
+row of the new LLM (the miniature's LLMs know nothing else). Its share of a frame goes to the others.
 
 Typical use (what `swap_llm` does with `strategy="vocab"`):
 
-    carried = carry_embeddings(VocabMap.build(base_tokenizer, new_tokenizer), base_rows, new_llm.get_input_embeddings(),
-                               excluded=marker_ids)
-    targets = frame_targets(base_frames, base_embeddings[carried.source_ids], carried.embeddings)
+    vocab_map = VocabMap.build(base_tokenizer, new_tokenizer)
+    carried = carry_embeddings(vocab_map, base_ids, new_llm.get_input_embeddings(), excluded=marker_ids)
+    targets = frame_targets(base_frames, base_embedding_rows[carried.source_ids], carried.embeddings)
     fit_adaptor(new_adaptor, encoder_outputs, mask, targets)
+
+or all of it from clips: `carry_adaptor(base, base_processor, swapped, vocab_map, clips)`.
 """
 
 from __future__ import annotations
