@@ -31,6 +31,7 @@ from transformers import (
 from funasr_swap.adaptor import Strategy, fit_embedding_bridge, resize_adaptor
 from funasr_swap.compat import fill_gaps
 from funasr_swap.convert import generation_config
+from funasr_swap.ctc_branch import CtcBranch
 from funasr_swap.data import Utterance
 from funasr_swap.llms import LLMSpec, count_parameters, get_llm, load_llm, match_llm, text_config, tiny_text_config
 from funasr_swap.plan import INFERENCE_BYTES, available_memory_gib, inference_gib
@@ -207,6 +208,7 @@ def swap_llm(
     seed: int = 0,
     clips: Sequence[Utterance] = (),
     vocab: VocabInitSettings = VocabInitSettings(),
+    ctc_branch: CtcBranch | None = None,
 ) -> SwappedModel:
     """Put the LLM `target` into a Fun-ASR-Nano `(model, processor)` (the base, or an earlier swap).
 
@@ -223,6 +225,8 @@ def swap_llm(
             `vocab.start` and fits the adaptor so that its frames land where the base's frames, read as tokens and
             carried through the vocabulary map, land in the new LLM (`funasr_swap.vocab_init`); it needs `clips`.
         clips: training utterances the `vocab` initialisation reads frames from (the first `vocab.clips`).
+        ctc_branch: the original's CTC branch with its tokenizer (`funasr_swap.ctc_branch.read_ctc_branch`): the
+            `vocab` initialisation then reads the frames by its posteriors instead of the base adaptor's output.
         random_weights: for a registry name only, and required with one: build the LLM with random weights (seeded
             by `seed`), `tiny` (`llms.tiny_text_config`: tests, experiments) or of its `real` shape (benchmarks);
             not a usable model, the report says so. A real shape that this machine's free memory cannot hold
@@ -245,8 +249,12 @@ def swap_llm(
     if strategy == "vocab" and not clips:
         raise ValueError("strategy='vocab' reads the base's frames of a few clips: pass clips (training utterances)")
     start = vocab.start if strategy == "vocab" else strategy
+    if strategy == "vocab" and ctc_branch is not None and ctc_branch.tokenizer is None:
+        raise ValueError("the CTC branch has no tokenizer: read_ctc_branch(folder, tokenizer=<its vocabulary's>)")
     mapped = strategy == "vocab" or (start == "bridge" and not same_vocabulary)
     vocab_map = VocabMap.build(processor.tokenizer, tokenizer) if mapped else None
+    # what the vocab initialisation reads the frames in: the base LLM's vocabulary, or the CTC branch's
+    reading_map = VocabMap.build(ctc_branch.tokenizer, tokenizer) if strategy == "vocab" and ctc_branch else vocab_map
     bridge = None
     bridge_report: dict[str, float] = {}
     source_spec = match_llm(old.text_config)
@@ -292,8 +300,9 @@ def swap_llm(
     if strategy == "vocab":
         markers_ids = [i for _, i in speech.tokens.values()] + list(speech.added_ids)
         vocab_report = carry_adaptor(
-            model, processor, swapped, vocab_map, clips, excluded=markers_ids, settings=vocab, seed=seed
-        )
+            model, processor, swapped, reading_map, clips, excluded=markers_ids, settings=vocab, seed=seed,
+            ctc_branch=ctc_branch,
+        )  # fmt: skip
     if getattr(text_cfg, "final_logit_softcapping", None):
         warnings.append(
             "final logit soft-capping restored with a hook on lm_head; after loading with stock transformers call "

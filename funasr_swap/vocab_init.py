@@ -48,12 +48,14 @@ from torch import nn
 from transformers import FunAsrNanoForConditionalGeneration, FunAsrNanoProcessor
 from transformers.models.fun_asr_nano.modeling_fun_asr_nano import FunAsrNanoMultiModalProjector
 
+from funasr_swap.ctc_branch import CtcBranch
 from funasr_swap.data import AsrCollator, Utterance
 from funasr_swap.loss import CTC_SCALE, token_scores
 from tokenmap.vocab_map import VocabMap
 
 CARRIED_KINDS = ("exact", "normalised", "decomposed")  # tokenmap.vocab_map.KINDS of text with a target spelling
 READ_CHUNK = 256  # frames read at a time: (chunk, K) scores, K up to a real vocabulary (150k-256k)
+READ_CLIPS = 16  # clips the CTC branch reads at a time: (their frames, 60,515) posteriors
 
 __all__ = [
     "CarriedEmbeddings", "FitReport", "VocabInitSettings", "carry_adaptor", "carry_embeddings", "encoder_outputs",
@@ -264,38 +266,48 @@ def carry_adaptor(
     excluded: Sequence[int] = (),
     settings: VocabInitSettings = VocabInitSettings(),
     seed: int = 0,
+    ctc_branch: CtcBranch | None = None,
 ) -> dict[str, float]:
     """Fit the adaptor of `swapped` (the base with its LLM swapped) in place so that its frames land on the base's
-    frames carried through `vocab_map` (`VocabMap.build(base tokenizer, swapped tokenizer)`); the module docstring
-    says how. `excluded`: the new LLM's speech marker ids; `seed` seeds the fit. Returns the carry's and the fit's
-    numbers for the swap report.
+    frames read as tokens and carried into the new LLM (the module docstring says how); returns the carry's and
+    the fit's numbers for the swap report.
 
-    The base's frames are read against its LLM's non-zero input-embedding rows (a real LLM: every row; the
-    miniature's: the tokens its world uses), as the adaptor CTC loss reads them.
+    The frames are read by the base's adaptor against its LLM's non-zero input-embedding rows (a real LLM: every
+    row; the miniature's: the tokens its world uses), as the adaptor CTC loss reads them, or, with `ctc_branch`,
+    by the original's CTC branch (`funasr_swap.ctc_branch`: its posteriors over its own vocabulary, the blank and
+    tokens without a usable target carried as zero). `vocab_map` maps the vocabulary they are read in (the base
+    LLM's, or the CTC branch's) to the swapped model's. `excluded`: the new LLM's speech marker ids; `seed` seeds
+    the fit.
     """
     if not clips:
         raise ValueError("the vocab initialisation needs clips (a handful of training utterances) to read frames from")
-    clips = list(clips)[: settings.clips]
-    features, mask = encoder_outputs(base, base_processor, clips)
-    base_adaptor = base.model.multi_modal_projector
-    training = base_adaptor.training
-    base_adaptor.eval()
-    param = next(base_adaptor.parameters())
-    with torch.no_grad():
-        frames = base_adaptor(features.to(param.device, param.dtype), mask.to(param.device))[mask.bool()]
-    base_adaptor.train(training)
-
-    base_rows = base.get_input_embeddings().weight.detach()
-    source_ids = (base_rows != 0).any(dim=1).nonzero()[:, 0]
-    carried = carry_embeddings(vocab_map, source_ids, swapped.get_input_embeddings(), excluded=excluded)
-    targets = frame_targets(
-        frames, base_rows[carried.source_ids.to(base_rows.device)], carried.embeddings,
-        temperature=settings.temperature,
-    )  # fmt: skip
+    features, mask = encoder_outputs(base, base_processor, list(clips)[: settings.clips])
+    target_embedding = swapped.get_input_embeddings()
+    if ctc_branch is None:
+        base_adaptor = base.model.multi_modal_projector
+        training = base_adaptor.training
+        base_adaptor.eval()
+        param = next(base_adaptor.parameters())
+        with torch.no_grad():
+            frames = base_adaptor(features.to(param.device, param.dtype), mask.to(param.device))[mask.bool()]
+        base_adaptor.train(training)
+        base_rows = base.get_input_embeddings().weight.detach()
+        source_ids = (base_rows != 0).any(dim=1).nonzero()[:, 0]
+        carried = carry_embeddings(vocab_map, source_ids, target_embedding, excluded=excluded)
+        targets = frame_targets(
+            frames, base_rows[carried.source_ids.to(base_rows.device)], carried.embeddings,
+            temperature=settings.temperature,
+        )  # fmt: skip
+    else:
+        carried = carry_embeddings(vocab_map, range(ctc_branch.blank_id), target_embedding, excluded=excluded)
+        targets = torch.cat([
+            ctc_branch.posteriors(features[rows], mask[rows])[:, carried.source_ids] @ carried.embeddings
+            for rows in torch.arange(len(features)).split(READ_CLIPS)
+        ])  # fmt: skip
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         fit = fit_adaptor(
             swapped.model.multi_modal_projector, features, mask, targets, steps=settings.steps, lr=settings.lr,
             batch_size=settings.batch_size,
         )  # fmt: skip
-    return {**carried.metrics(), **fit.metrics()}
+    return {**carried.metrics(), **fit.metrics(), "read_by_ctc_branch": float(ctc_branch is not None)}
