@@ -175,6 +175,8 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=Path("runs/warm_start"), help="where the measured runs go")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/warm_start"))
+    parser.add_argument("--summarise", action="store_true", help="measure nothing: write the results of the runs "
+                        "already in --runs (a measurement cut short)")  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     families, inits = args.families.split(","), args.inits.split(",")
@@ -182,7 +184,7 @@ def main() -> None:
     records = []
     # seed by seed, retrained or zero-shot only; a run cut short keeps what it measured, and a later run with more
     # --train-seeds retrains what was measured zero-shot only
-    for seed, train in [(seed, seed in args.train_seeds) for seed in args.seeds]:
+    for seed, train in [] if args.summarise else [(seed, seed in args.train_seeds) for seed in args.seeds]:
         world = World.read(args.worlds / f"seed-{seed}", seed)
         config = dataclasses.replace(MiniatureConfig(), seed=seed)
         for family in families:
@@ -194,7 +196,8 @@ def main() -> None:
         for family in families:
             for init in inits:
                 cache = args.runs / f"seed-{seed}" / f"{family}-{init}" / MEASURE_FILE
-                records.append(json.loads(cache.read_text()))
+                if cache.is_file():
+                    records.append(json.loads(cache.read_text()))
 
     config = dataclasses.asdict(MiniatureConfig())
     del config["seed"]
