@@ -155,6 +155,15 @@ def markdown(record: dict) -> str:
             f"| {row['family']} | {row['init']} | {_spread(row['zero_shot'])} | {seeds} | {steps} | "
             f"{_spread(row['test'])} | {trained} | {seconds:.0f} |"
         )
+    trained = [r for r in record["runs"] if r["trained"]]
+    if trained:
+        steps = [step for step, _ in trained[0]["curve"]]
+        lines += ["", "Validation curves (valid CER at each evaluation; step 0: right after the swap):", ""]
+        lines += ["| seed | family | init | " + " | ".join(f"step {s}" for s in [0, *steps]) + " | test CER |"]
+        lines += ["|---" * (len(steps) + 5) + "|"]
+        for r in trained:
+            cers = " | ".join(f"{c:.1%}" for c in [r["start_cer"], *(c for _, c in r["curve"])])
+            lines.append(f"| {r['seed']} | {r['family']} | {r['init']} | {cers} | {r['test_cer']:.1%} |")
     lines += ["", "Zero-shot transcripts (swapped, not retrained; first validation clips of each seed):", ""]
     for r in record["runs"]:
         shown = "; ".join(f"`{t['hyp']}`" for t in r["transcripts"])
