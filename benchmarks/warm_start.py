@@ -21,12 +21,11 @@ import argparse
 import dataclasses
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
-from environment import device_info  # benchmarks/environment.py: the scripts run from this folder
+from environment import device_info, write_results  # benchmarks/environment.py: the scripts run from this folder
 
 from funasr_swap.miniature import FAMILY_LLMS, MiniatureConfig, cached_run, load_corpus, read_index
 from funasr_swap.miniature.config import ADAPTOR_INITS, DEFAULT_FAMILIES
@@ -211,14 +210,10 @@ def main() -> None:
     config = dataclasses.asdict(MiniatureConfig())
     del config["seed"]
     record = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "environment": {**device_info("cpu"), **build_environment(args.threads)},
         "threads": args.threads, "config": config, "runs": records, "summary": summary(records),
     }  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(record, indent=2))
-    args.out.with_suffix(".md").write_text(markdown(record))
-    print(markdown(record))
+    write_results(args.out, record, markdown)
 
 
 if __name__ == "__main__":
