@@ -166,6 +166,10 @@ def markdown(record: dict) -> str:
             f"{_spread(row['test'])} | {trained} | {seconds:.0f} |"
         )
     trained = [r for r in record["runs"] if r["trained"]]
+    read_back = [f"seed {r['seed']} {r['family']} {r['init']}" for r in trained if r["run_source"] == "world"]
+    if read_back:
+        lines += ["", "Retraining runs read back from the worlds (the quickstart's own, same recipe and threads): "
+                  + ", ".join(read_back) + "; their zero-shot CER was measured here again."]  # fmt: skip
     if trained:
         steps = [step for step, _ in trained[0]["curve"]]
         lines += ["", "Validation curves (valid CER at each evaluation; step 0: right after the swap):", ""]
