@@ -42,8 +42,8 @@ blank frames repeating the last token, 30.5% with blank frames zero and the othe
 base's frames read by greedy CTC decoding: 12.3%. The new adaptor fitted on those targets (MSE, Adam): from
 `fresh`, 128 clips, 300 full-batch steps 51.4% (from `bridge`: 60.3%; lr 1e-2: 80.4%); 600 steps 52.3%; 512
 clips, 64 a step, 300 steps at lr 3e-3 55.6%, 600 steps at lr 2e-3 47.7% (the default: relative error 0.077 on
-the fitted frames, 1.5-4 minutes of one busy core). The gap between the fit (47.7%) and its ceiling (31.7%) is the
-adaptor's: a standard projector does not land exactly on a mixture of token embeddings."""
+the fitted frames; the swap with its fit took 72-136 s on one shared core). The gap between the fit (47.7%) and its
+ceiling (31.7%) is the adaptor's: a standard projector does not land exactly on a mixture of token embeddings."""
 MEASURE_FILE = "warm_start.json"
 
 
