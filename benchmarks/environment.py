@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import transformers
@@ -27,3 +31,14 @@ def device_info(device: str) -> dict:
     else:
         info["cpu"] = platform.processor() or platform.machine()
     return info
+
+
+def write_results(out: Path, record: dict, render: Callable[[dict], str]) -> None:
+    """A benchmark's results: OUT.json (`record`, with the command line that ran it first) and OUT.md (`render` of
+    that record, printed too)."""
+    record = {"command": " ".join([Path(sys.executable).name, *sys.argv]), **record}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(record, indent=2))
+    text = render(record)
+    out.with_suffix(".md").write_text(text)
+    print(text)

@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from environment import device_info  # benchmarks/environment.py: the scripts run from this folder
+from environment import device_info, write_results  # benchmarks/environment.py: the scripts run from this folder
 
 from funasr_swap.miniature import TARGET_CER, MiniatureConfig, cached_run, read_index, run_quickstart
 from funasr_swap.miniature.config import DEFAULT_FAMILIES
@@ -184,15 +184,11 @@ def main() -> None:
     config = dataclasses.asdict(dataclasses.replace(MiniatureConfig(), **overrides))
     del config["seed"]
     record = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "environment": {**device_info("cpu"), **build_environment(args.threads)},
         "threads": args.threads, "parallel": args.parallel, "unseen_seed": args.unseen_seed, "config": config,
         "worlds": worlds, "summary": summary(worlds),
     }  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(record, indent=2))
-    args.out.with_suffix(".md").write_text(markdown(record))
-    print(markdown(record))
+    write_results(args.out, record, markdown)
 
 
 if __name__ == "__main__":

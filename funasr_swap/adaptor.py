@@ -55,6 +55,8 @@ from transformers.models.fun_asr_nano.modeling_fun_asr_nano import FunAsrNanoMul
 from funasr_swap.llms import count_parameters
 
 __all__ = [
+    "RESIZE_STRATEGIES",
+    "STRATEGIES",
     "EmbeddingBridge",
     "ResizeReport",
     "adaptor_config_for",
@@ -62,8 +64,12 @@ __all__ = [
     "resize_adaptor",
 ]
 
-Strategy = Literal["fresh", "bridge"]
-STRATEGIES: tuple[str, ...] = ("fresh", "bridge")
+Strategy = Literal["fresh", "bridge", "vocab"]
+ResizeStrategy = Literal["fresh", "bridge"]
+# `vocab` (funasr_swap.vocab_init) starts from one of the others and then fits the adaptor on speech frames carried
+# through the vocabulary; `resize_adaptor` builds the start.
+STRATEGIES: tuple[str, ...] = ("fresh", "bridge", "vocab")
+RESIZE_STRATEGIES: tuple[str, ...] = ("fresh", "bridge")
 Probe = tuple[torch.Tensor, torch.Tensor]  # encoder outputs (B, T, audio hidden), mask (B, T) with 1 = valid frame
 
 
@@ -351,7 +357,7 @@ class ResizeReport:
 def resize_adaptor(
     adaptor: FunAsrNanoMultiModalProjector,
     new_llm_dim: int,
-    strategy: Strategy = "fresh",
+    strategy: ResizeStrategy = "fresh",
     *,
     bridge: EmbeddingBridge | None = None,
     probe: Probe | None = None,
@@ -377,8 +383,8 @@ def resize_adaptor(
     """
     if not isinstance(adaptor, FunAsrNanoMultiModalProjector):
         raise TypeError(f"adaptor must be a FunAsrNanoMultiModalProjector; got {type(adaptor).__name__}")
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}; got {strategy!r}")
+    if strategy not in RESIZE_STRATEGIES:
+        raise ValueError(f"strategy must be one of {RESIZE_STRATEGIES}; got {strategy!r}")
     if strategy == "bridge" and bridge is None:
         raise ValueError("strategy='bridge' needs bridge=fit_embedding_bridge(old_rows, new_rows)")
     if strategy == "fresh" and bridge is not None:

@@ -207,6 +207,7 @@ def library_choices(name: str, literal: Any) -> type[Enum]:
 class Adaptor(str, Enum):
     fresh = "fresh"
     bridge = "bridge"
+    vocab = "vocab"
 
 
 Markers = library_choices("Markers", MarkerStrategy)
@@ -443,7 +444,11 @@ def swap(
     adaptor: Adaptor = typer.Option(
         default_factory=LibraryDefault("funasr_swap.swap:swap_llm.strategy"),
         help="adaptor init: fresh re-initialises its output side; bridge widens the old adaptor through a map "
-        "between the two LLMs' embeddings",
+        "between the two LLMs' embeddings; vocab fits it on the base's frames read as tokens and carried through "
+        "the vocabulary map (needs --clips)",
+    ),
+    clips: Path | None = typer.Option(
+        None, "--clips", metavar="MANIFEST", help="training manifest whose first clips --adaptor vocab reads"
     ),
     markers: Markers | None = typer.Option(
         None,
@@ -462,6 +467,7 @@ def swap(
         funasr-swap swap --model ./Fun-ASR-Nano-2512-hf --llm Gemma-2-2B --random-weights tiny -o ./nano-gemma-test
     """
     from funasr_swap.convert import load_base
+    from funasr_swap.data import load_manifest
     from funasr_swap.swap import check_target, swap_llm
 
     reads = {"--model": model}  # the folders the swap reads, which its output must keep apart from
@@ -477,9 +483,10 @@ def swap(
             bold=True,
         )
     base, processor = load_base(model)
+    utterances = load_manifest(clips).utterances if clips else ()
     result = swap_llm(
         base, processor, llm, markers=markers.value if markers else None, boundaries=boundaries,
-        strategy=adaptor.value, random_weights=random_weights.value if random_weights else None,
+        strategy=adaptor.value, random_weights=random_weights.value if random_weights else None, clips=utterances,
     )  # fmt: skip
     result.save(output)
     typer.echo(result.report.to_markdown())
@@ -764,7 +771,7 @@ def quickstart(
         " qwen3 (Qwen3-1.7B: the base's family, wider) is built only when named",
     ),
     compare_init: bool = typer.Option(
-        False, "--compare-init", help="also retrain each swap from the other adaptor init (fresh), and compare"
+        False, "--compare-init", help="also retrain each swap from the other adaptor inits (fresh, vocab), and compare"
     ),
     quick: bool = typer.Option(False, "--quick", help="a handful of clips and steps: checks the wiring in a minute"),
     jobs: int = typer.Option(3, min=1, help="worker processes for the swaps, side by side"),

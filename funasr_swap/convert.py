@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -35,6 +36,7 @@ from transformers import (
 )
 
 from funasr_swap.compat import fill_gaps
+from funasr_swap.ctc_branch import CTC_BRANCH_FILE, CTC_PREFIXES, write_ctc_branch
 from funasr_swap.features import load_feature_extractor, load_processor
 from tokenmap.families import ChatFamily, get_family
 from tokenmap.io import atomic_folder
@@ -64,7 +66,7 @@ FAMILY = "qwen3"  # the chat family of the base checkpoint's LLM
 ORIGINAL_CONFIG = "config.yaml"
 ORIGINAL_WEIGHTS = "model.pt"
 ORIGINAL_LLM = "Qwen3-0.6B"  # the LLM folder inside an original checkpoint: config.json and tokenizer
-SKIPPED_PREFIXES = ("ctc_decoder.", "ctc.")  # the CTC branch: trained beside the LLM, no module of the generation model
+SKIPPED_PREFIXES = CTC_PREFIXES  # the CTC branch: trained beside the LLM, no module of the generation model
 
 # Inside encoder layers and adaptor blocks: funasr's SAN-M / transformer EncoderLayer -> FunAsrNanoEncoderLayer.
 # The encoder's fused `linear_q_k_v` is split into q/k/v by `convert_state_dict` after these renames.
@@ -345,12 +347,14 @@ def generation_config(tokenizer: PreTrainedTokenizerBase, family: str | ChatFami
 
 def _load_original(
     folder: Path, dtype: torch.dtype, device_map: str | dict | torch.device | None
-) -> tuple[FunAsrNanoForConditionalGeneration, FunAsrNanoProcessor]:
+) -> tuple[FunAsrNanoForConditionalGeneration, FunAsrNanoProcessor, dict[str, torch.Tensor]]:
+    """(model, processor, the CTC branch's tensors under their original names: empty when it has none)."""
     config = original_config(folder)
     processor = build_processor(folder / ORIGINAL_LLM)
     config.audio_token_id = processor.audio_token_id
     weights = folder / ORIGINAL_WEIGHTS
-    converted, unconverted = convert_state_dict(read_original_state_dict(weights), config)
+    state_dict = read_original_state_dict(weights)
+    converted, unconverted = convert_state_dict(state_dict, config)
     skipped = check_state_dict(converted, unconverted, config, weights)
     if skipped:
         logger.info("%s: skipped %d key(s) of no module of the generation model: %s", weights, len(skipped), skipped)
@@ -359,7 +363,7 @@ def _load_original(
     )
     model.generation_config = generation_config(processor.tokenizer)
     fill_gaps(model)
-    return model, processor
+    return model, processor, {key: state_dict[key].to(dtype) for key in skipped}
 
 
 def load_base(
@@ -387,7 +391,7 @@ def load_base(
     dtype = dtype or (torch.bfloat16 if on_cuda else torch.float32)
     placement = device_map if device_map is not None else device
     if fmt == "original":
-        return _load_original(path, dtype, placement)
+        return _load_original(path, dtype, placement)[:2]
     try:
         model = FunAsrNanoForConditionalGeneration.from_pretrained(path, dtype=dtype, device_map=placement)
     except SafetensorError as error:  # its message names no file
@@ -402,13 +406,24 @@ def convert_checkpoint(
 ) -> Path:
     """Write checkpoint `src` (either format) as a Hugging Face folder `dst`: config, safetensors weights in `dtype`
     (default bfloat16, as the published `-hf` checkpoint), generation config, and the processor (tokenizer, feature
-    extractor, chat template). The folder is written beside `dst` and renamed into place; an existing `dst` is an
-    error unless `overwrite`."""
-    dst = Path(dst)
+    extractor, chat template). The original's CTC branch (`ctc_decoder.*`, `ctc.*`), which the generation model has
+    no module for, goes to `CTC_BRANCH_FILE` beside the weights (`funasr_swap.ctc_branch`; stock loading ignores
+    it); a Hugging Face `src` that has one passes it on. The folder is written beside `dst` and renamed into place;
+    an existing `dst` is an error unless `overwrite`."""
+    src, dst = Path(src), Path(dst)
     if dst.exists() and not overwrite:
         raise FileExistsError(f"{dst} exists; pass overwrite=True (CLI: --overwrite) to replace it")
-    model, processor = load_base(src, dtype=dtype)
+    ctc: dict[str, torch.Tensor] = {}
+    if checkpoint_format(src) == "original":
+        model, processor, ctc = _load_original(src, dtype, None)
+        conf = (yaml.safe_load((src / ORIGINAL_CONFIG).read_text()) or {}).get("ctc_decoder_conf")
+    else:
+        model, processor = load_base(src, dtype=dtype)
     with atomic_folder(dst) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
+        if ctc:
+            write_ctc_branch(ctc, conf, tmp / CTC_BRANCH_FILE)
+        elif (src / CTC_BRANCH_FILE).is_file():
+            shutil.copy(src / CTC_BRANCH_FILE, tmp / CTC_BRANCH_FILE)
     return dst

@@ -19,11 +19,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CHUNK_ELEMENTS", "chunked_cross_entropy", "lm_head_cross_entropy"]
+__all__ = ["CHUNK_ELEMENTS", "CTC_SCALE", "chunked_cross_entropy", "lm_head_cross_entropy", "token_scores"]
 
 # logits per chunk: 2^25 float32 = 128 MiB, 131 rows of Gemma-2's 256k vocabulary (a chunk's backward holds about
 # three such buffers); large enough that each chunk's product still runs at full matrix-unit rate on a GPU
 CHUNK_ELEMENTS = 2**25
+CTC_SCALE = 20.0  # the CTC logit of token t at a frame whose adaptor output is e_t; the blank's is half
+
+
+def token_scores(frames: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+    """How much of each token's input embedding each adaptor frame holds, as the adaptor CTC loss reads a frame:
+    `CTC_SCALE h.e_t / |e_t|^2` (float32), frames (N, H), embeddings (K, H) -> (N, K)."""
+    embeddings = embeddings.float()
+    return CTC_SCALE * (frames.float() @ embeddings.T) / embeddings.pow(2).sum(1)
 
 
 def _compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import get_args
@@ -30,6 +31,8 @@ from transformers import (
 from funasr_swap.adaptor import Strategy, fit_embedding_bridge, resize_adaptor
 from funasr_swap.compat import fill_gaps
 from funasr_swap.convert import generation_config
+from funasr_swap.ctc_branch import CtcBranch
+from funasr_swap.data import Utterance
 from funasr_swap.errors import NAMED, SettingError
 from funasr_swap.llms import (
     LLMSpec,
@@ -42,6 +45,7 @@ from funasr_swap.llms import (
     tiny_text_config,
 )
 from funasr_swap.plan import INFERENCE_BYTES, available_memory_gib, inference_gib
+from funasr_swap.vocab_init import VocabInitSettings, carry_adaptor
 from tokenmap.assets import load_tokenizer, tokenizer_fingerprint
 from tokenmap.chat_setup import read_chat_setup, record_chat_setup
 from tokenmap.families import ChatFamily, detect_family, get_family
@@ -75,6 +79,7 @@ class SwapReport:
     random_weights: str | None = None  # "tiny" or "real": the LLM was built from a registry shape, untrained
     bridge: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    vocab_init: dict[str, float] = field(default_factory=dict)  # strategy "vocab": the carry's and the fit's numbers
 
     @property
     def random_weights_warning(self) -> str | None:
@@ -101,6 +106,7 @@ class SwapReport:
             ("added token rows", str(self.added_token_ids) if self.added_token_ids else "none"),
         ]
         rows += [(f"bridge {key}", f"{value:.4g}") for key, value in self.bridge.items()]
+        rows += [(f"vocab {key}", f"{value:.4g}") for key, value in self.vocab_init.items()]
         rows += [("warning", w) for w in self.warnings]
         table = "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows) + "\n"
         return (f"**{self.random_weights_warning}**\n\n" if self.random_weights else "") + table
@@ -200,14 +206,13 @@ def _add_embedding_rows(llm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
             matrix[new_ids] = mean
 
 
-def _bridge_rows(
-    src_tok: PreTrainedTokenizerBase, dst_tok: PreTrainedTokenizerBase, same_vocabulary: bool
-) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """Token ids shared by the two vocabularies (same bytes, one token each side), and how they were found."""
-    if same_vocabulary:
-        ids = torch.arange(len(src_tok))
+def _bridge_rows(vocab_map: VocabMap | None, vocabulary_size: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Token ids shared by the two vocabularies (same bytes, one token each side), and how they were found; no map:
+    the same vocabulary (of `vocabulary_size` tokens) on both sides."""
+    if vocab_map is None:
+        ids = torch.arange(vocabulary_size)
         return ids, ids, "same vocabulary"
-    src_ids, dst_ids = VocabMap.build(src_tok, dst_tok).pairs()
+    src_ids, dst_ids = vocab_map.pairs()
     return torch.as_tensor(src_ids), torch.as_tensor(dst_ids), f"VocabMap exact/normalised matches: {len(src_ids):,}"
 
 
@@ -221,6 +226,9 @@ def swap_llm(
     strategy: Strategy = "fresh",
     random_weights: RandomWeights | None = None,
     seed: int = 0,
+    clips: Sequence[Utterance] = (),
+    vocab: VocabInitSettings = VocabInitSettings(),
+    ctc_branch: CtcBranch | None = None,
 ) -> SwappedModel:
     """Put the LLM `target` into a Fun-ASR-Nano `(model, processor)` (the base, or an earlier swap).
 
@@ -233,7 +241,12 @@ def swap_llm(
             special token, or `add` new ones (their embedding rows are created and stay trainable); None: the
             family's default (`tokenmap.markers.resolve_speech_markers`).
         strategy: `fresh` re-initialises the adaptor's output side; `bridge` widens the old adaptor through a map
-            fitted between the two LLMs' input embeddings over their shared tokens.
+            fitted between the two LLMs' input embeddings over their shared tokens; `vocab` starts from
+            `vocab.start` and fits the adaptor so that its frames land where the base's frames, read as tokens and
+            carried through the vocabulary map, land in the new LLM (`funasr_swap.vocab_init`); it needs `clips`.
+        clips: training utterances the `vocab` initialisation reads frames from (the first `vocab.clips`).
+        ctc_branch: the original's CTC branch with its tokenizer (`funasr_swap.ctc_branch.read_ctc_branch`): the
+            `vocab` initialisation then reads the frames by its posteriors instead of the base adaptor's output.
         random_weights: for a registry name only, and required with one: build the LLM with random weights (seeded
             by `seed`), `tiny` (`llms.tiny_text_config`: tests, experiments) or of its `real` shape (benchmarks);
             not a usable model, the report says so. A real shape that this machine's free memory cannot hold
@@ -252,11 +265,20 @@ def swap_llm(
     old = model.config
     new_dim = text_cfg.hidden_size
 
+    if strategy == "vocab" and not clips:
+        raise ValueError("strategy='vocab' reads the base's frames of a few clips: pass clips (training utterances)")
+    start = vocab.start if strategy == "vocab" else strategy
+    if strategy == "vocab" and ctc_branch is not None and ctc_branch.tokenizer is None:
+        raise ValueError("the CTC branch has no tokenizer: read_ctc_branch(folder, tokenizer=<its vocabulary's>)")
+    mapped = strategy == "vocab" or (start == "bridge" and not same_vocabulary)
+    vocab_map = VocabMap.build(processor.tokenizer, tokenizer) if mapped else None
+    # what the vocab initialisation reads the frames in: the base LLM's vocabulary, or the CTC branch's
+    reading_map = VocabMap.build(ctc_branch.tokenizer, tokenizer) if strategy == "vocab" and ctc_branch else vocab_map
     bridge = None
     bridge_report: dict[str, float] = {}
     source_spec = match_llm(old.text_config)
-    if strategy == "bridge":
-        src_ids, dst_ids, how = _bridge_rows(processor.tokenizer, tokenizer, same_vocabulary)
+    if start == "bridge":
+        src_ids, dst_ids, how = _bridge_rows(vocab_map, len(processor.tokenizer))
         bridge = fit_embedding_bridge(
             model.get_input_embeddings().weight.detach()[src_ids].float(),
             llm.get_input_embeddings().weight.detach()[dst_ids].float(),
@@ -264,7 +286,7 @@ def swap_llm(
         bridge_report = bridge.metrics()
         warnings.append(f"bridge fitted on {how}")
     adaptor, adaptor_report = resize_adaptor(
-        model.model.multi_modal_projector, new_dim, strategy, bridge=bridge, seed=seed
+        model.model.multi_modal_projector, new_dim, start, bridge=bridge, seed=seed
     )
 
     config = FunAsrNanoConfig(
@@ -293,6 +315,13 @@ def swap_llm(
     if config.tie_word_embeddings:
         swapped.tie_weights()
     fill_gaps(swapped)
+    vocab_report: dict[str, float] = {}
+    if strategy == "vocab":
+        markers_ids = [i for _, i in speech.tokens.values()] + list(speech.added_ids)
+        vocab_report = carry_adaptor(
+            model, processor, swapped, reading_map, clips, excluded=markers_ids, settings=vocab, seed=seed,
+            ctc_branch=ctc_branch,
+        )  # fmt: skip
     if getattr(text_cfg, "final_logit_softcapping", None):
         warnings.append(
             "final logit soft-capping restored with a hook on lm_head; after loading with stock transformers call "
@@ -339,6 +368,7 @@ def swap_llm(
         random_weights=random_weights,
         bridge=bridge_report | {k: v for k, v in adaptor_report.metrics().items() if k.startswith("widening")},
         warnings=warnings,
+        vocab_init=vocab_report,
     )
     return SwappedModel(swapped, new_processor, report)
 

@@ -23,7 +23,8 @@ TARGET_CER = 0.15
 # How long the default world takes from nothing on 2 quiet CPU cores (benchmarks/results/quickstart_seeds.md): the one
 # figure the README, the CLI's help and the notebooks (through `open_world`'s message) give.
 FULL_WORLD_MINUTES = 16
-AdaptorInit = Literal["bridge", "fresh"]
+AdaptorInit = Literal["bridge", "fresh", "vocab"]  # funasr_swap.adaptor.STRATEGIES
+ADAPTOR_INITS: tuple[AdaptorInit, ...] = ("bridge", "fresh", "vocab")
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class MiniatureConfig:
     # 7.0 / 19.7% at weight 0.3; weight 1.0 hurt: 9.7 / 19.9 / 25.9% with 800-step LLMs)
     base_ctc_weight: float = 0.3
     lora_rank: int = 16
-    adaptor_init: AdaptorInit = "bridge"  # the swaps' adaptor initialisation; compare_init adds the other one
+    adaptor_init: AdaptorInit = "bridge"  # the swaps' adaptor initialisation; compare_init adds the others
     compare_init: bool = False
     adaptor_ctc_weight: float = 1.0  # `adaptor_ctc_loss` beside the LLM's loss in the adaptor retraining
     adaptor_lora_rank: int = 16  # LoRA on the swapped LLM beside the adaptor; 0: the adaptor alone
@@ -69,14 +70,14 @@ class MiniatureConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.adaptor_init not in ("bridge", "fresh"):
-            raise ValueError(f"adaptor_init must be 'bridge' or 'fresh', got {self.adaptor_init!r}")
+        if self.adaptor_init not in ADAPTOR_INITS:
+            raise ValueError(f"adaptor_init must be one of {', '.join(ADAPTOR_INITS)}, got {self.adaptor_init!r}")
 
     @property
     def adaptor_inits(self) -> tuple[AdaptorInit, ...]:
         """The adaptor initialisations each family's swap is trained with, the default one first."""
-        other: AdaptorInit = "fresh" if self.adaptor_init == "bridge" else "bridge"
-        return (self.adaptor_init, other) if self.compare_init else (self.adaptor_init,)
+        others = tuple(init for init in ADAPTOR_INITS if init != self.adaptor_init)
+        return (self.adaptor_init, *others) if self.compare_init else (self.adaptor_init,)
 
 
 # `--quick`: the same pipeline on a handful of clips, for tests and a first look (CER is meaningless here).

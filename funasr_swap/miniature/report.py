@@ -1,4 +1,4 @@
-"""The quickstart's report: REPORT.md (one row per run, bridge vs fresh, stage times) and cer.png."""
+"""The quickstart's report: REPORT.md (one row per run, each adaptor init against fresh, stage times) and cer.png."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ INIT_CHOICE = (
     "the two initialisations end within run-to-run noise of each other (test CER bridge / fresh: Llama-3.2 5.0% / "
     "4.4%, Gemma-2 6.5% / 6.1%, DeepSeek-V2 6.7% / 7.9%; mean 6.1% both), and the bridge was ahead at the first "
     "validation in every family (step 250: 26% / 29%, 37% / 39%, 28% / 36%), which counts in a shorter schedule. "
-    "`--compare-init` adds the `fresh` runs and the steps each needs to reach the other's CER."
+    "`--compare-init` adds the `fresh` and `vocab` runs and the steps each needs to reach fresh's final CER."
 )
 
 
@@ -52,8 +52,8 @@ def write_report(
     output: Path, config: MiniatureConfig, data: dict[str, list], runs: list[RunResult], timings: dict[str, float],
     environment: dict[str, str | int],
 ) -> Path:  # fmt: skip
-    """REPORT.md in `output` (corpus, one row per run, bridge vs fresh when both ran, stage times, what the numbers
-    were made with: `build_environment` and the settings, seed included) and cer.png."""
+    """REPORT.md in `output` (corpus, one row per run, each init against fresh when both ran, stage times, what the
+    numbers were made with: `build_environment` and the settings, seed included) and cer.png."""
     hours = sum(u.duration for u in data["train"]) / 3600
     lines = [
         "# The miniature world (funasr-swap quickstart)",
@@ -76,9 +76,9 @@ def write_report(
             f"{run.test_cer:.1%} | {run.test_wer:.1%} | {reached if reached is not None else 'not reached'} |"
         )
     lines += ["", INIT_CHOICE]
-    comparisons = _bridge_vs_fresh(runs)
+    comparisons = _against_fresh(runs)
     if comparisons:
-        lines += ["", "Bridge vs fresh (same data, steps and seed):", "", *comparisons]
+        lines += ["", "Against fresh (same data, steps and seed):", "", *comparisons]
     lines += ["", "| stage | seconds to build |", "|---|---|"]
     lines += [f"| {stage} | {seconds:.0f} |" for stage, seconds in timings.items()]  # as built, cached or not
     lines += [f"| total | {sum(timings.values()):.0f} |", "", "![validation CER](cer.png)", ""]
@@ -89,31 +89,36 @@ def write_report(
     return atomic_write_lines(output / "REPORT.md", lines)
 
 
-def _bridge_vs_fresh(runs: list[RunResult]) -> list[str]:
-    """One line per family trained with both adaptor initialisations: test CERs and the steps to fresh's final
-    validation CER."""
+def _against_fresh(runs: list[RunResult]) -> list[str]:
+    """One line per family and adaptor initialisation trained beside `fresh`: test CERs and the steps to fresh's
+    final validation CER (step 0: right after the swap)."""
     by_name = {run.name: run for run in runs}
     lines = []
     for family in dict.fromkeys(run.family for run in runs if run.strategy != "joint"):
-        bridge, fresh = by_name.get(f"{family} bridge"), by_name.get(f"{family} fresh")
-        if bridge is None or fresh is None:
+        fresh = by_name.get(f"{family} fresh")
+        others = [run for run in runs if run.family == family and run.strategy not in ("joint", "fresh")]
+        if fresh is None:
             continue
         final = [r["valid/cer"] for r in fresh.history if "valid/cer" in r][-1]
-        fresh_steps, bridge_steps = fresh.steps_to(final), bridge.steps_to(final)
-        if bridge_steps is None:
-            reached = f"reached by fresh at step {fresh_steps}, never by bridge: no speed-up"
-        else:
-            reached = f"reached at step {bridge_steps} (bridge) vs {fresh_steps} (fresh): speed-up "
-            reached += f"{fresh_steps / bridge_steps:.2f}x"
-        lines.append(
-            f"- {family}: test CER {bridge.test_cer:.1%} (bridge) vs {fresh.test_cer:.1%} (fresh) after "
-            f"{fresh.steps} steps; fresh's final validation CER {final:.1%} {reached}"
-        )
+        fresh_steps = fresh.steps_to(final)
+        for other in others:
+            steps = 0 if other.start_cer is not None and other.start_cer <= final else other.steps_to(final)
+            init = other.strategy
+            if steps is None:
+                reached = f"reached by fresh at step {fresh_steps}, never by {init}: no speed-up"
+            else:
+                reached = f"reached at step {steps} ({init}) vs {fresh_steps} (fresh)"
+                reached += f": speed-up {fresh_steps / steps:.2f}x" if steps else ""
+            lines.append(
+                f"- {family}: test CER {other.test_cer:.1%} ({init}) vs {fresh.test_cer:.1%} (fresh) after "
+                f"{fresh.steps} steps; valid CER right after the swap {other.start_cer:.1%} ({init}) vs "
+                f"{fresh.start_cer:.1%} (fresh); fresh's final validation CER {final:.1%} {reached}"
+            )
     return lines
 
 
 def cer_figure(runs: list[RunResult]) -> Figure:
-    """Validation CER against step: the base on the left, the swaps (fresh dashed) on the right."""
+    """Validation CER against step: the base on the left, the swaps (fresh dashed, vocab dotted) on the right."""
     from funasr_swap.figures import Figure  # not pyplot (a notebook backend switch); a PNG in any notebook
 
     fig = Figure(figsize=(11, 4), layout="tight")
@@ -123,7 +128,7 @@ def cer_figure(runs: list[RunResult]) -> Figure:
         if run.start_cer is not None:
             points.insert(0, (0, run.start_cer))
         ax = ax_base if run.strategy == "joint" else ax_swap
-        style = "--" if run.strategy == "fresh" else "-"
+        style = {"fresh": "--", "vocab": ":"}.get(run.strategy, "-")
         ax.plot(*zip(*points), style, marker="o", markersize=3, label=run.name)
     for ax, title in ((ax_base, "base (joint)"), (ax_swap, "swaps (adaptor retraining)")):
         ax.axhline(TARGET_CER, color="grey", linewidth=0.8)

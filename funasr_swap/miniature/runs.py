@@ -18,7 +18,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,6 +34,7 @@ from tokenmap.io import atomic_write_lines
 if TYPE_CHECKING:
     from transformers import FunAsrNanoForConditionalGeneration, FunAsrNanoProcessor
 
+    from funasr_swap.data import Utterance
     from funasr_swap.swap import SwappedModel
     from funasr_swap.training import LoraSettings, TrainConfig
 
@@ -168,10 +169,12 @@ def train_base(
 
 
 def swap_into(
-    base_folder: str | os.PathLike, llm_folder: str | os.PathLike, strategy: str, config: MiniatureConfig
-) -> SwappedModel:
+    base_folder: str | os.PathLike, llm_folder: str | os.PathLike, strategy: str, config: MiniatureConfig,
+    clips: Sequence[Utterance] = (),
+) -> SwappedModel:  # fmt: skip
     """The trained base in `base_folder` with its LLM swapped for the pretrained tiny LLM in `llm_folder`: its
-    family's default marker strategy, the adaptor initialised by `strategy` (`bridge` or `fresh`)."""
+    family's default marker strategy, the adaptor initialised by `strategy` (`bridge`, `fresh`, or `vocab`,
+    which reads the base's frames of `clips`: training utterances)."""
     from funasr_swap.convert import load_base
     from funasr_swap.swap import swap_llm
 
@@ -179,7 +182,7 @@ def swap_into(
     with warnings.catch_warnings():
         # the tiny LLMs are registry shapes scaled down: load_llm warns that no registry entry has their shape
         warnings.filterwarnings("ignore", message=r".*is not in the funasr_swap LLM registry.*")
-        return swap_llm(base, processor, llm_folder, strategy=strategy, seed=config.seed)
+        return swap_llm(base, processor, llm_folder, strategy=strategy, seed=config.seed, clips=clips)
 
 
 def retrain_adaptor(
@@ -218,8 +221,9 @@ def train_swap(
     can run in a worker process; a finished run is read back, not repeated."""
     if (run := cached_run(folder)) is not None:  # before the swap and its test score
         return run
-    swapped = swap_into(base_folder, llm_folder, strategy, config)
-    return retrain_adaptor(swapped, folder, load_corpus(corpus, config), config)
+    data = load_corpus(corpus, config)
+    swapped = swap_into(base_folder, llm_folder, strategy, config, clips=data["train"])
+    return retrain_adaptor(swapped, folder, data, config)
 
 
 def in_worker(log_file: str | os.PathLike, threads: int, function: Callable, *args):

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from funasr_swap.loss import CTC_SCALE, token_scores
 from tokenmap.prompt import IGNORE_INDEX
 
 if TYPE_CHECKING:
@@ -40,9 +41,6 @@ def world_cross_entropy(
     return F.cross_entropy(torch.cat([logits, zero_rows], dim=1), targets)
 
 
-CTC_SCALE = 20.0  # the CTC logit of token t at a frame whose adaptor output is e_t; the blank's is half
-
-
 def adaptor_ctc_loss(
     audio: torch.Tensor, lengths: torch.Tensor, embeddings: torch.Tensor, targets: list[torch.Tensor]
 ) -> torch.Tensor:
@@ -56,7 +54,7 @@ def adaptor_ctc_loss(
     `audio_hidden_states`); lengths: (B,) frames per utterance; embeddings: (K, H) the LLM's input embeddings of
     the world tokens; targets: B tensors of indices into them.
     """
-    scores = CTC_SCALE * (audio.float() @ embeddings.float().T) / embeddings.float().pow(2).sum(1)  # (N, K)
+    scores = token_scores(audio, embeddings)  # (N, K)
     logits = torch.cat([scores, torch.full_like(scores[:, :1], CTC_SCALE / 2)], dim=1)  # blank: the last class
     log_probs = torch.nn.utils.rnn.pad_sequence(list(logits.log_softmax(-1).split(lengths.tolist())))  # (T, B, K+1)
     target_lengths = torch.tensor([len(t) for t in targets])

@@ -222,6 +222,23 @@ def test_swap_with_random_weights_says_so_loudly(base, tmp_path):
     assert len(report["added_token_ids"]) == 3
 
 
+def test_swap_with_the_vocab_init_reads_the_clips_of_a_manifest(base, tmp_path):
+    from tests.conftest import write_tone
+
+    lines = []
+    for i, text in enumerate(["hello world", "the cat sat"]):
+        write_tone(tmp_path / f"{i}.wav", 0.8 + 0.2 * i)
+        lines.append(json.dumps({"audio": f"{i}.wav", "text": text, "language": "en"}))
+    (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
+    common = ["swap", "--model", base, "--llm", "Llama-3.2-1B", "--random-weights", "tiny", "--adaptor", "vocab"]
+    result = invoke(*common, "--clips", tmp_path / "train.jsonl", "-o", tmp_path / "vocab")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "vocab" / "swap_report.json").read_text())
+    assert report["adaptor_strategy"] == "vocab" and report["vocab_init"]["fit_frames"] > 0
+    assert_error(invoke(*common, "-o", tmp_path / "none"), "pass clips", alone=False)
+    assert not (tmp_path / "none").exists()
+
+
 def test_swap_refuses_to_overwrite_unless_asked(base, tmp_path):
     out = tmp_path / "swapped"
     out.mkdir()

@@ -23,9 +23,9 @@ def test_an_unknown_family_names_itself_and_the_choices():
         resolve_families([])
 
 
-def test_one_adaptor_init_by_default_both_when_compared():
+def test_one_adaptor_init_by_default_all_when_compared():
     assert MiniatureConfig().adaptor_inits == ("bridge",)
-    assert MiniatureConfig(compare_init=True).adaptor_inits == ("bridge", "fresh")
-    assert MiniatureConfig(adaptor_init="fresh", compare_init=True).adaptor_inits == ("fresh", "bridge")
+    assert MiniatureConfig(compare_init=True).adaptor_inits == ("bridge", "fresh", "vocab")
+    assert MiniatureConfig(adaptor_init="vocab", compare_init=True).adaptor_inits == ("vocab", "bridge", "fresh")
     with pytest.raises(ValueError, match="adaptor_init"):
         MiniatureConfig(adaptor_init="random")

@@ -71,7 +71,7 @@ def test_quickstart_writes_report_index_and_reuses_its_cache(quick_world, tmp_pa
     report = tmp_path / "REPORT.md"
     text = report.read_text()
     assert "| base |" in text and "| llama3 bridge |" in text
-    assert "| llama3 fresh |" not in text and "Bridge vs fresh" not in text  # one init by default
+    assert "| llama3 fresh |" not in text and "Against fresh" not in text  # one init by default
     assert (tmp_path / "cer.png").stat().st_size > 0
     index = read_index(tmp_path)
     assert [(m.name, m.family, m.init) for m in index] == [("base", "qwen3", "joint"), ("llama3 bridge", "llama3",
@@ -98,23 +98,24 @@ def test_quickstart_writes_report_index_and_reuses_its_cache(quick_world, tmp_pa
     assert report.read_text().count("| llama3 bridge |") == 1
     assert [line for line in report.read_text().splitlines() if line.startswith("| total |")] == total  # build times
 
-    result = runner.invoke(app, [*command, "--compare-init"])  # adds the fresh run only
+    result = runner.invoke(app, [*command, "--compare-init"])  # adds the fresh and vocab runs only
     assert result.exit_code == 0, result.output
-    assert sum("adaptor retraining" in line and "cached" not in line for line in result.output.splitlines()) == 1
-    assert "Bridge vs fresh" in report.read_text()
-    assert [m.name for m in read_index(tmp_path)] == ["base", "llama3 bridge", "llama3 fresh"]
-    assert len(list(tmp_path.glob("swap-*/result.json"))) == 2
+    assert sum("adaptor retraining" in line and "cached" not in line for line in result.output.splitlines()) == 2
+    assert "Against fresh" in report.read_text() and "(vocab) vs" in report.read_text()
+    assert [m.name for m in read_index(tmp_path)] == ["base", "llama3 bridge", "llama3 fresh", "llama3 vocab"]
+    assert len(list(tmp_path.glob("swap-*/result.json"))) == 3
 
     said = []
     world = open_world("quick", ["llama3"], runs=tmp_path.parent, log=said.append)  # built: nothing to do
     assert said == [] and world.models == read_index(tmp_path) and world.output == tmp_path
     assert world.model_folder("llama3 fresh") == tmp_path / world.models[2].folder
-    with pytest.raises(KeyError, match="built: base, llama3 bridge, llama3 fresh"):
+    with pytest.raises(KeyError, match="built: base, llama3 bridge, llama3 fresh, llama3 vocab"):
         world.model_folder("gemma2 bridge")
     world = open_world("quick", ["qwen3"], runs=tmp_path.parent, log=said.append)  # path A's family, added
     assert said and "qwen3 bridge" in said[0]
-    assert [m.name for m in world.models] == ["base", "llama3 bridge", "llama3 fresh", "qwen3 bridge", "qwen3 fresh"]
-    assert len(list(tmp_path.glob("swap-*/result.json"))) == 4
+    names = ["base", "llama3 bridge", "llama3 fresh", "llama3 vocab", "qwen3 bridge", "qwen3 fresh", "qwen3 vocab"]
+    assert [m.name for m in world.models] == names
+    assert len(list(tmp_path.glob("swap-*/result.json"))) == 6
     assert [u.text for u in world.data()["test"]] == [u.text for u in load_corpus(folders.corpus, QUICK)["test"]]
 
 
