@@ -870,7 +870,7 @@ def serve(
         None, "--model", help="Fun-ASR-Nano model folder (Hugging Face or original format), as transcribe takes"
     ),
     edge: Path | None = typer.Option(
-        None, "--edge", help="instead of --model: a folder `funasr-swap export` wrote (no batches: one clip at a time)"
+        None, "--edge", help="instead of --model: a folder `funasr-swap export` wrote (its batches decoded together)"
     ),
     host: str = typer.Option(default_factory=serve_default("host"), help="address to serve on (0.0.0.0: the network)"),
     port: int = typer.Option(default_factory=serve_default("port"), min=0, help="port (0: a free one)"),

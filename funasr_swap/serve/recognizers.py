@@ -1,5 +1,5 @@
 """What the server transcribes with: a PyTorch model folder (`funasr_swap.transcribe`, batched) or an export
-(`funasr_swap.edge`, one clip at a time), behind one `Recognizer` the batching worker calls."""
+(`funasr_swap.edge`, its clips decoded together), behind one `Recognizer` the batching worker calls."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def load_pytorch_recognizer(folder: str | Path, max_new_tokens: int, max_audio_s
 
 def edge_recognizer(folder: str | Path, max_new_tokens: int, max_audio_seconds: float) -> Recognizer:
     """An export (`funasr-swap export`), loaded once and closed with the server; each call decodes its waveforms
-    one after the other (the edge runtime has no batches yet), greedy."""
+    together as llama.cpp sequences, greedy."""
     from funasr_swap.edge import EdgeModel
     from funasr_swap.edge import transcribe as edge_transcribe
 
@@ -83,7 +83,7 @@ def edge_recognizer(folder: str | Path, max_new_tokens: int, max_audio_seconds: 
     def batch(waveforms: Sequence[np.ndarray], language: str | None, hotwords: Sequence[str]) -> list[Transcript]:
         return edge_transcribe(
             model, waveforms, language, hotwords, max_new_tokens=max_new_tokens, max_audio_seconds=max_audio_seconds,
-            progress=False,
+            progress=False, batch_size=len(waveforms),
         )  # fmt: skip
 
     return Recognizer(
