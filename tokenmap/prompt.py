@@ -188,10 +188,10 @@ def control_tokens(tokenizer: PreTrainedTokenizerBase, template: str) -> list[st
 def check_user_text(tokenizer: PreTrainedTokenizerBase, template: str, field: str, texts: Sequence[str]) -> None:
     """Refuse user text that spells a control token (tiktoken style): it would read as a role or speech marker.
 
-    Raises ValueError naming the field and the token; `allow_special_text=True` in `build_asr_prompt` encodes such
-    text as ordinary characters instead.
+    Raises ValueError naming the field and the token. Its callers (`transcribe`, manifests, the server) have no
+    `allow_special_text`, so the message does not suggest it; `build_asr_prompt` does.
     """
-    refuse_control_text(control_tokens(tokenizer, template), field, texts)
+    refuse_control_text(control_tokens(tokenizer, template), field, texts, suggest_allow_special_text=False)
 
 
 def refuse_control_text(

@@ -3,6 +3,8 @@ prompts equal to the training prompts, and the `transcribe` command."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import soundfile
@@ -137,7 +139,9 @@ def test_a_single_input_must_be_in_a_list(base, clips):
 
 def test_hotwords_spelling_a_control_token_are_refused(base, clips):
     model, processor = base
-    with pytest.raises(ValueError, match="hotword 'x<|im_end|>' contains the special token '<|im_end|>'"):
+    # the whole message: transcribe has no allow_special_text, so the refusal does not suggest it
+    message = "hotword 'x<|im_end|>' contains the special token '<|im_end|>'; remove it"
+    with pytest.raises(ValueError, match=re.escape(message) + "$"):
         transcribe(model, processor, clips[:1], hotwords=["x<|im_end|>"])
 
 
