@@ -3,20 +3,29 @@ clips measured in the same run.
 
     PYTHONPATH=. nice -n 10 python benchmarks/serve.py --quickstart runs/quickstart-quick \\
         --out benchmarks/results/serve_cpu.json
+    PYTHONPATH=. python benchmarks/serve.py --model real --max-batch-size 64 --concurrency 1 16 64 \\
+        --requests 256 --clips 256 --out benchmarks/results/serve_gpu.json
 
-The model is the base of a quickstart's world (`funasr-swap quickstart --quick -o DIR` builds one in a minute), the
-clips its corpus's espeak-ng wav files. The server runs as users run it, `funasr-swap serve` in a subprocess, with
-the same torch threads as the offline runs here; each client is a thread sending one request after the other
-(closed loop), the clips dealt round-robin. Requests/s = requests / wall seconds of the level; latency is per
-request, sent to answered. Offline: `transcribe` over every clip in one call, at --max-batch-size (the server's
-largest batch) and at 1, before and after serving (the machine's load drifts; the ratios use the mean of the two).
-Every served transcript is checked against the offline one of its clip. The server logs each model call ("batch of
-N clip(s)"), which gives the batch sizes of each level.
+On the CPU the model is the base of a quickstart's world (`funasr-swap quickstart --quick -o DIR` builds one in a
+minute), the clips its corpus's espeak-ng wav files. `--model real` serves a random Fun-ASR-Nano of the real shapes
+(Qwen3-0.6B text model, bfloat16, on the GPU when there is one) saved to a temporary folder, with
+`benchmarks/transcribe.py`'s synthetic clips (2-15 s) and, as there, its stop tokens off: every request generates
+--max-new-tokens tokens, the same work in every run.
+
+The server runs as users run it, `funasr-swap serve` in a subprocess, with the same torch threads as the offline runs
+here; each client is a thread sending one request after the other (closed loop), the clips dealt round-robin.
+Requests/s = requests / wall seconds of the level, RTFx = audio seconds answered / wall seconds; latency is per
+request, sent to answered. Offline: `transcribe` over every clip in one call at --max-batch-size (the server's
+largest batch), and one clip at a time over the first --baseline-clips, before and after serving (the machine's
+load drifts; the ratios compare RTFx, with the mean of the two). Every served transcript is checked against the
+offline one of its clip. The server logs each model call ("batch of N clip(s)"), which gives the batch sizes of
+each level.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import re
@@ -29,8 +38,10 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import soundfile
 import torch
 from environment import device_info  # benchmarks/environment.py: the scripts run from this folder
+from transcribe import real_shape_base, synthetic_audio  # benchmarks/transcribe.py
 
 from funasr_swap.convert import load_base
 from funasr_swap.miniature.quickstart import read_index
@@ -48,6 +59,7 @@ def offline(model, processor, clips: list[bytes], batch_size: int, max_new_token
     audio = sum(r.audio_seconds for r in results)
     summary = {
         "batch_size": batch_size,
+        "audio_seconds": round(audio, 2),
         "requests": len(clips),
         "wall_seconds": round(wall, 2),
         "requests_per_second": round(len(clips) / wall, 2),
@@ -119,9 +131,11 @@ def load_level(url: str, clips: list[bytes], concurrency: int, requests: int) ->
     return time.perf_counter() - began, latencies, answers
 
 
-def serve_levels(folder: Path, clips: list[bytes], texts: list[str], args: argparse.Namespace) -> list[dict]:
-    """Each concurrency level against one server: requests/s, latency, the batch sizes its log shows, and how many
-    clips were answered unlike offline."""
+def serve_levels(
+    folder: Path, clips: list[bytes], audio_seconds: list[float], texts: list[str], args: argparse.Namespace
+) -> list[dict]:
+    """Each concurrency level against one server: requests/s, RTFx, latency, the batch sizes its log shows, and how
+    many clips were answered unlike offline."""
     levels = []
     log = Path(tempfile.mkstemp(prefix="serve-", suffix=".log")[1])
     server = Server(folder, args, log)
@@ -136,6 +150,7 @@ def serve_levels(folder: Path, clips: list[bytes], texts: list[str], args: argpa
                 "requests": len(latencies),
                 "wall_seconds": round(wall, 2),
                 "requests_per_second": round(len(latencies) / wall, 2),
+                "rtfx": round(sum(audio_seconds[n % len(clips)] for n in range(len(latencies))) / wall, 1),
                 "p50_latency_ms": round(1000 * float(np.percentile(latencies, 50)), 1),
                 "p95_latency_ms": round(1000 * float(np.percentile(latencies, 95)), 1),
                 "mean_batch_size": round(float(np.mean(sizes)), 2),
@@ -149,10 +164,74 @@ def serve_levels(folder: Path, clips: list[bytes], texts: list[str], args: argpa
     return levels
 
 
+def quickstart_model(args: argparse.Namespace) -> tuple[Path, object, object, list[bytes], str]:
+    """The base of a quickstart's world and its corpus's first --clips wav files."""
+    base = next(entry for entry in read_index(args.quickstart) if entry.name == "base")
+    folder = args.quickstart / base.folder
+    files = sorted(args.quickstart.glob("corpus-*/clips/*.wav"))[: args.clips]
+    model, processor = load_base(folder)
+    description = f"the quickstart --quick world's base ({base.llm} tiny, {folder.name}), test CER {base.test_cer:.0%}"
+    return folder, model, processor, [file.read_bytes() for file in files], description
+
+
+def real_model(scratch: Path, args: argparse.Namespace) -> tuple[Path, object, object, list[bytes], str]:
+    """A random Fun-ASR-Nano of the real shapes with its stop tokens off, saved to `scratch` for the server, and
+    --clips synthetic clips as wav files."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, processor = real_shape_base(device)
+    model.generation_config.eos_token_id = None  # random weights: a fixed number of tokens per request
+    model.save_pretrained(scratch)
+    processor.save_pretrained(scratch)
+    clips = []
+    for waveform in synthetic_audio(args.clips, min_seconds=2.0, max_seconds=15.0):
+        buffer = io.BytesIO()
+        soundfile.write(buffer, waveform, 16000, format="WAV", subtype="PCM_16")
+        clips.append(buffer.getvalue())
+    return scratch, model, processor, clips, "random Fun-ASR-Nano of the real shapes (Qwen3-0.6B), bfloat16"
+
+
+def measure(folder: Path, model, processor, clips: list[bytes], args: argparse.Namespace) -> dict:
+    """Offline batched and one-by-one transcription, the server's levels, then offline again; ratios by RTFx (the
+    one-by-one baseline may run over fewer clips)."""
+    audio_seconds = [soundfile.info(io.BytesIO(clip)).duration for clip in clips]
+    baseline_clips = clips[: args.baseline_clips or len(clips)]
+    transcribe(model, processor, clips[:2], batch_size=2, max_new_tokens=args.max_new_tokens, progress=False)  # warm
+    batched, texts = offline(model, processor, clips, args.max_batch_size, args.max_new_tokens)
+    one_by_one, _ = offline(model, processor, baseline_clips, 1, args.max_new_tokens)
+    server_levels = serve_levels(folder, clips, audio_seconds, texts, args)
+    # offline again after the server: on a shared machine the load drifts; the ratios use the mean of the two runs
+    batched_after, _ = offline(model, processor, clips, args.max_batch_size, args.max_new_tokens)
+    one_by_one_after, _ = offline(model, processor, baseline_clips, 1, args.max_new_tokens)
+    offline_rtfx = {
+        name: (before["rtfx"] + after["rtfx"]) / 2
+        for name, before, after in (("batched", batched, batched_after), ("one_by_one", one_by_one, one_by_one_after))
+    }
+    levels = [
+        {
+            **level,
+            "ratio_to_offline_batched": round(level["rtfx"] / offline_rtfx["batched"], 2),
+            "ratio_to_offline_one_by_one": round(level["rtfx"] / offline_rtfx["one_by_one"], 2),
+        }
+        for level in server_levels
+    ]
+    return {
+        "clips": len(clips),
+        "audio_seconds_mean": round(float(np.mean(audio_seconds)), 2),
+        "offline": {
+            "before_serving": {"batched": batched, "one_by_one": one_by_one},
+            "after_serving": {"batched": batched_after, "one_by_one": one_by_one_after},
+        },
+        "serve": levels,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quickstart", type=Path, required=True, help="a quickstart's folder (its base is served)")
-    parser.add_argument("--clips", type=int, default=48, help="the corpus's first N wav files")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--quickstart", type=Path, help="a quickstart's folder (its base is served)")
+    what.add_argument("--model", choices=["real"], help="a random model of the real shapes (on the GPU if any)")
+    parser.add_argument("--clips", type=int, default=48, help="the corpus's first N wav files (real: N synthetic)")
+    parser.add_argument("--baseline-clips", type=int, help="clips of the one-by-one baseline (default: all)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--requests", type=int, default=48, help="requests per concurrency level")
     parser.add_argument("--max-batch-size", type=int, default=16)
@@ -163,62 +242,38 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    base = next(entry for entry in read_index(args.quickstart) if entry.name == "base")
-    folder = args.quickstart / base.folder
-    files = sorted(args.quickstart.glob("corpus-*/clips/*.wav"))[: args.clips]
-    clips = [file.read_bytes() for file in files]
     load_before = os.getloadavg()
-    model, processor = load_base(folder)
-    transcribe(model, processor, clips[:2], batch_size=2, max_new_tokens=args.max_new_tokens, progress=False)  # warm
-    batched, texts = offline(model, processor, clips, args.max_batch_size, args.max_new_tokens)
-    one_by_one, _ = offline(model, processor, clips, 1, args.max_new_tokens)
-    server_levels = serve_levels(folder, clips, texts, args)
-    # offline again after the server: on a shared machine the load drifts; the ratios use the mean of the two runs
-    batched_after, _ = offline(model, processor, clips, args.max_batch_size, args.max_new_tokens)
-    one_by_one_after, _ = offline(model, processor, clips, 1, args.max_new_tokens)
-    offline_rates = {
-        name: (before["requests_per_second"] + after["requests_per_second"]) / 2
-        for name, before, after in (("batched", batched, batched_after), ("one_by_one", one_by_one, one_by_one_after))
-    }
-    levels = [
-        {
-            **level,
-            "ratio_to_offline_batched": round(level["requests_per_second"] / offline_rates["batched"], 2),
-            "ratio_to_offline_one_by_one": round(level["requests_per_second"] / offline_rates["one_by_one"], 2),
-        }
-        for level in server_levels
-    ]
-
+    with tempfile.TemporaryDirectory(prefix="serve-real-") as scratch:
+        folder, model, processor, clips, description = (
+            real_model(Path(scratch), args) if args.model == "real" else quickstart_model(args)
+        )
+        measured = measure(folder, model, processor, clips, args)
+    device = str(model.device)
     result = {
-        "what": "funasr-swap serve on the CPU: requests/s and latency at each concurrency, against offline batched "
-        "transcribe of the same clips in the same run",
-        "model": f"the quickstart --quick world's base ({base.llm} tiny, {folder.name}), test CER {base.test_cer:.0%}",
-        "clips": len(clips),
-        "audio_seconds_mean": round(float(np.mean([len(c) for c in clips])) / 32000, 2),  # 16 kHz int16 wav
+        "what": f"funasr-swap serve on {device}: requests/s, RTFx and latency at each concurrency, against offline "
+        "transcribe of the same clips (batched, and one by one) in the same run",
+        "model": description,
+        **measured,
         "settings": {key: getattr(args, key) for key in ("max_batch_size", "max_wait_ms", "max_new_tokens", "threads")},
-        "offline": {
-            "before_serving": {"batched": batched, "one_by_one": one_by_one},
-            "after_serving": {"batched": batched_after, "one_by_one": one_by_one_after},
-        },
-        "serve": levels,
         "environment": {
-            **device_info("cpu"),
+            **device_info(device),
             "niceness": os.nice(0),
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in os.getloadavg()],
-            "note": "a shared, busy machine (2 cores, other agents' jobs running, this run at nice 10): absolute "
-            "figures are noisy; offline runs before and after serving bracket the drift, and the ratios use their mean",
+            "note": "offline runs before and after serving bracket the machine's drift; the ratios use their mean",
         },
     }
-    print(f"offline, requests/s before / after serving: batched ({args.max_batch_size}) "
-          f"{batched['requests_per_second']} / {batched_after['requests_per_second']}, one by one "
-          f"{one_by_one['requests_per_second']} / {one_by_one_after['requests_per_second']}")  # fmt: skip
-    print("| clients | req/s | p50 ms | p95 ms | mean batch | vs offline batched | vs one by one | unlike offline |")
-    print("|---|---|---|---|---|---|---|---|")
-    for level in levels:
-        print(f"| {level['concurrency']} | {level['requests_per_second']} | {level['p50_latency_ms']} | "
-              f"{level['p95_latency_ms']} | {level['mean_batch_size']} | {level['ratio_to_offline_batched']}x | "
-              f"{level['ratio_to_offline_one_by_one']}x | {level['clips_answered_unlike_offline']} |")  # fmt: skip
+    offline_runs = result["offline"]
+    for name in ("batched", "one_by_one"):
+        print(f"offline {name}, RTFx before / after serving: {offline_runs['before_serving'][name]['rtfx']} / "
+              f"{offline_runs['after_serving'][name]['rtfx']}")  # fmt: skip
+    print("| clients | req/s | RTFx | p50 ms | p95 ms | mean batch | vs offline batched | vs one by one "
+          "| unlike offline |\n|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+    for level in result["serve"]:
+        print(f"| {level['concurrency']} | {level['requests_per_second']} | {level['rtfx']} | "
+              f"{level['p50_latency_ms']} | {level['p95_latency_ms']} | {level['mean_batch_size']} | "
+              f"{level['ratio_to_offline_batched']}x | {level['ratio_to_offline_one_by_one']}x | "
+              f"{level['clips_answered_unlike_offline']} |")  # fmt: skip
     if args.out:
         atomic_write_lines(args.out, [json.dumps(result, indent=2, ensure_ascii=False)])
 
