@@ -5,6 +5,10 @@
   batched transcription and batched training differ from one clip at a time.
 - `restore_logit_softcapping`: what a family's `*ForCausalLM` does after the backbone that FunAsrNano's plain
   `lm_head` does not.
+- `NO_HUB_KERNELS`: from 5.25, `from_pretrained` swaps layers for Hugging Face Hub kernels by default
+  (`use_kernels=True`), fetched from the Hub at load time on a GPU; with no network (or none allowed: nothing here
+  downloads at run time) loading a model onto CUDA fails ("Kernel repository 'kernels-community/rotary' could not
+  verify publisher trust status"). Every load passes it.
 
 FunAsrNano builds the text backbone with `AutoModel` and its own `lm_head`, so Gemma-2's final logit soft-capping
 (`logits = cap * tanh(logits / cap)`, cap 30.0) is lost. `restore_logit_softcapping` puts it back with a forward
@@ -20,6 +24,7 @@ from torch import nn
 from transformers import FunAsrNanoForConditionalGeneration
 
 _HOOK_ATTR = "_funasr_swap_softcap_hook"
+NO_HUB_KERNELS = {"use_kernels": False}  # `from_pretrained(..., **NO_HUB_KERNELS)`: layers as the model defines them
 
 
 def _softcap_hook(cap: float):

@@ -35,7 +35,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from funasr_swap.compat import fill_gaps
+from funasr_swap.compat import NO_HUB_KERNELS, fill_gaps
 from funasr_swap.ctc_branch import CTC_BRANCH_FILE, CTC_PREFIXES, write_ctc_branch
 from funasr_swap.features import load_feature_extractor, load_processor
 from tokenmap.families import ChatFamily, get_family
@@ -359,7 +359,7 @@ def _load_original(
     if skipped:
         logger.info("%s: skipped %d key(s) of no module of the generation model: %s", weights, len(skipped), skipped)
     model = FunAsrNanoForConditionalGeneration.from_pretrained(
-        None, config=config, state_dict=converted, dtype=dtype, device_map=device_map
+        None, config=config, state_dict=converted, dtype=dtype, device_map=device_map, **NO_HUB_KERNELS
     )
     model.generation_config = generation_config(processor.tokenizer)
     fill_gaps(model)
@@ -393,7 +393,9 @@ def load_base(
     if fmt == "original":
         return _load_original(path, dtype, placement)[:2]
     try:
-        model = FunAsrNanoForConditionalGeneration.from_pretrained(path, dtype=dtype, device_map=placement)
+        model = FunAsrNanoForConditionalGeneration.from_pretrained(
+            path, dtype=dtype, device_map=placement, **NO_HUB_KERNELS
+        )
     except SafetensorError as error:  # its message names no file
         files = ", ".join(str(file) for file in sorted(path.glob("*.safetensors")))
         raise OSError(f"{files}: cannot read the weights ({error}): truncated or corrupt; copy it again") from None

@@ -632,6 +632,7 @@ def load_llm(
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+    from funasr_swap.compat import NO_HUB_KERNELS
     from tokenmap.assets import load_tokenizer
 
     folder = Path(folder).expanduser()
@@ -667,6 +668,7 @@ def load_llm(
             f"tokenizer in {folder}; the tokenizer does not belong to this model, or resize its embeddings first"
         )
     model = AutoModelForCausalLM.from_pretrained(
-        folder, config=config, dtype=dtype, device_map=device_map, trust_remote_code=False, local_files_only=True
-    )
+        folder, config=config, dtype=dtype, device_map=device_map, trust_remote_code=False, local_files_only=True,
+        **NO_HUB_KERNELS,
+    )  # fmt: skip
     return LoadedLLM(model=model, tokenizer=tokenizer, spec=spec)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from funasr_swap.base import BASE_LLM
+from funasr_swap.compat import NO_HUB_KERNELS
 from funasr_swap.llms import get_llm
 from funasr_swap.miniature.config import FAMILY_LLMS, MiniatureConfig
 from funasr_swap.miniature.world_loss import WorldLoss
@@ -60,7 +61,7 @@ def build_base(
         num_attention_heads=config.encoder_heads, projector_hidden_size=config.projector_hidden,
         encoder_dropout=config.encoder_dropout,
     )  # fmt: skip
-    llm = AutoModelForCausalLM.from_pretrained(llm_folder)
+    llm = AutoModelForCausalLM.from_pretrained(llm_folder, **NO_HUB_KERNELS)
     model.model.language_model.load_state_dict(llm.base_model.state_dict())  # strict: the same tiny Qwen3 shape
     model.lm_head.load_state_dict(llm.lm_head.state_dict())
     return model, processor

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from transformers import FunAsrNanoForConditionalGeneration
+from transformers import FunAsrNanoForConditionalGeneration, PreTrainedModel
 
 from funasr_swap.base import tiny_base
 from funasr_swap.compat import mask_adaptor_padding
+from funasr_swap.convert import load_base
+from funasr_swap.llms import load_llm
 
 
 def adaptor_rows(model, processor, clips: list[np.ndarray]) -> list[torch.Tensor]:
@@ -36,3 +38,21 @@ def test_padding_in_a_batch_does_not_change_the_adaptor_output():
     mask_adaptor_padding(unpatched)
     mask_adaptor_padding(unpatched)  # idempotent
     torch.testing.assert_close(adaptor_rows(unpatched, processor, [short, long])[0], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_loading_never_asks_for_hub_kernels(tiny_base_folder, tiny_llama_folder, monkeypatch):
+    """transformers 5.25 kernelizes every `from_pretrained` by default, with kernels fetched from the Hub at load
+    time on a GPU (offline, loading onto CUDA fails); the project's loaders keep the layers the model defines."""
+    asked = []
+    set_use_kernels = PreTrainedModel.set_use_kernels
+
+    def recording(self, use_kernels, *args, **kwargs):
+        asked.append(use_kernels)
+        return set_use_kernels(self, use_kernels, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedModel, "set_use_kernels", recording)
+    load_base(tiny_base_folder)
+    load_llm(tiny_llama_folder)
+    assert asked == [False, False]
+    FunAsrNanoForConditionalGeneration.from_pretrained(tiny_base_folder)  # the gap itself: stock loading asks
+    assert asked[-1] is True
