@@ -12,13 +12,30 @@ import numpy as np
 from funasr_swap.audio import load_audio
 from funasr_swap.errors import SettingError
 
-__all__ = ["DEFAULT_MAX_AUDIO_SECONDS", "DEFAULT_MAX_NEW_TOKENS", "AudioSource", "Transcript", "load_sources"]
+__all__ = [
+    "DEFAULT_MAX_AUDIO_SECONDS",
+    "DEFAULT_MAX_NEW_TOKENS",
+    "AudioSource",
+    "TokenTime",
+    "Transcript",
+    "load_sources",
+]
 
 # A path, the bytes of an audio file, an array at the processor's rate (16 kHz), or (array, its sampling rate).
 AudioSource = str | Path | bytes | np.ndarray | tuple[np.ndarray, int]
 
 DEFAULT_MAX_AUDIO_SECONDS = 60.0  # longer audio is refused: split it first (e.g. with a VAD), as funasr does
 DEFAULT_MAX_NEW_TOKENS = 512  # funasr's default `max_length` for the LLM's answer
+
+
+@dataclass(frozen=True)
+class TokenTime:
+    """When one token of a transcript is spoken (`funasr_swap.timestamps`): a token of the CTC branch's vocabulary,
+    its first and its past-the-last frame in seconds from the audio's start."""
+
+    token: str
+    start: float
+    end: float
 
 
 @dataclass(frozen=True)
@@ -29,6 +46,8 @@ class Transcript:
     audio_seconds: float  # duration of the audio
     seconds: float  # wall time of its batch (features, generation, decoding) divided by the batch size
     tokens: int  # generated text tokens, the stop token not counted
+    # per-token times when asked for (`timestamps=True`), in order; empty when the text cannot be aligned
+    timestamps: tuple[TokenTime, ...] | None = None
 
 
 def _source_name(source: AudioSource, index: int) -> str:
