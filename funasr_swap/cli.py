@@ -488,7 +488,7 @@ def swap(
         base, processor, llm, markers=markers.value if markers else None, boundaries=boundaries,
         strategy=adaptor.value, random_weights=random_weights.value if random_weights else None, clips=utterances,
     )  # fmt: skip
-    result.save(output)
+    result.save(output, ctc_branch_from=model)
     typer.echo(result.report.to_markdown())
     typer.echo(f"saved to {output}")
 
