@@ -60,3 +60,18 @@ def test_timestamps_of_a_folder_without_the_branch_name_what_it_lacks(tiny_base_
         "convert` of an original Fun-ASR-Nano checkpoint keeps it, and swaps and exports of that folder carry it"
     )
     assert transcribe(model, processor, [np.zeros(16000, np.float32)], max_new_tokens=2)[0].timestamps is None
+
+
+def test_the_cli_prints_each_token_under_its_file(timestamped, timestamped_folder, tmp_path):
+    import soundfile
+
+    from tests.funasr_swap.test_cli import invoke
+
+    model, processor, waveforms, transcripts = timestamped
+    path = tmp_path / "clip.wav"
+    soundfile.write(path, waveforms[1], 16000, subtype="FLOAT")  # the same samples as transcribed above
+    printed = invoke("transcribe", "--model", timestamped_folder, path, "--max-new-tokens", "4", "--timestamps")
+    assert printed.exit_code == 0, printed.output
+    lines = printed.stdout.splitlines()
+    expected = [f"{t.start:.2f}\t{t.end:.2f}\t{t.token}" for t in transcripts[1].timestamps]
+    assert lines == [f"{path}\t{transcripts[1].text}", *expected]
