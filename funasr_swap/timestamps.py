@@ -17,13 +17,14 @@ enumeration of every CTC path on small inputs).
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from funasr_swap.asr_io import TokenTime
 
-__all__ = ["AlignmentError", "forced_align", "lfr_frame_seconds", "token_timestamps"]
+__all__ = ["AlignmentError", "forced_align", "lfr_frame_seconds", "token_timestamps", "words_of"]
 
 
 class AlignmentError(ValueError):
@@ -110,3 +111,23 @@ def token_timestamps(
         TokenTime(token_text(int(token)), first * frame_seconds, min(end * frame_seconds, audio_seconds))
         for token, (first, end) in zip(token_ids, spans)
     )
+
+
+def _is_ideograph(char: str) -> bool:
+    """A character of a script written without spaces between words (CJK ideographs, kana): a word by itself."""
+    return unicodedata.name(char, "").startswith(("CJK", "HIRAGANA", "KATAKANA"))
+
+
+def words_of(times: Sequence[TokenTime]) -> list[TokenTime]:
+    """Token times merged into words (OpenAI's `word` granularity): a word starts at a token that starts with
+    whitespace, and each ideograph or kana is a word of its own (Chinese and Japanese write no spaces between
+    words; the original times each character); punctuation stays with the word before it. Each word spans its
+    tokens' first start to their last end, its text stripped; words of whitespace only are left out."""
+    words: list[list[TokenTime]] = []
+    for time in times:
+        text = time.token
+        if not words or text[:1].isspace() or _is_ideograph(text[:1]) or _is_ideograph(words[-1][-1].token[-1:]):
+            words.append([])
+        words[-1].append(time)
+    merged = [TokenTime("".join(t.token for t in word).strip(), word[0].start, word[-1].end) for word in words]
+    return [word for word in merged if word.token]
