@@ -324,9 +324,11 @@ def transcribe(
                 typer.echo(f"{time.start:.2f}\t{time.end:.2f}\t{time.token}")
         return
     lines = [
-        json.dumps({"audio": str(path), "text": r.text, "audio_seconds": r.audio_seconds}
-                   | ({"timestamps": [asdict(t) for t in r.timestamps]} if timestamps else {}),
-                   ensure_ascii=False)  # fmt: skip
+        json.dumps(
+            {"audio": str(path), "text": r.text, "audio_seconds": r.audio_seconds}
+            | ({"timestamps": [asdict(t) for t in r.timestamps]} if timestamps else {}),
+            ensure_ascii=False,
+        )
         for path, r in zip(audio, results)
     ]
     atomic_write_lines(output, lines)

@@ -48,7 +48,6 @@ __all__ = [
     "DEFAULT_MAX_AUDIO_SECONDS",
     "DEFAULT_MAX_NEW_TOKENS",
     "AudioSource",
-    "TokenTime",
     "Transcript",
     "clip_timestamps",
     "max_encoder_seconds",
@@ -167,8 +166,12 @@ def clip_timestamps(
     tokenizer = branch.tokenizer
     return [
         token_timestamps(
-            clip.cpu().numpy(), tokenizer.encode(text, add_special_tokens=False), branch.blank_id,
-            lambda token: tokenizer.decode([token]), period, seconds,
+            clip.cpu().numpy(),
+            tokenizer.encode(text, add_special_tokens=False),
+            branch.blank_id,
+            lambda token: tokenizer.decode([token]),
+            period,
+            seconds,
         )  # fmt: skip
         for clip, text, seconds in zip(log_probs, texts, audio_seconds)
     ]
@@ -210,8 +213,8 @@ def transcribe(
         ctc_branch: the branch for timestamps (`funasr_swap.ctc_branch.read_ctc_branch`, with its tokenizer); None:
             read from the model's folder (`model.name_or_path`) for this call.
 
-    Raises FileNotFoundError for a missing file or, with `timestamps`, a model folder without the CTC branch, ValueError naming the input for unreadable, empty, too short or
-    too long audio.
+    Raises FileNotFoundError for a missing file or, with `timestamps`, a model folder without the CTC branch;
+    ValueError naming the input for unreadable, empty, too short or too long audio.
     """
     if batch_size < 1 or num_beams < 1 or max_new_tokens < 1:
         raise ValueError(

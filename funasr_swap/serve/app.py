@@ -3,8 +3,8 @@
 
 Every error, the client's or the server's, is one JSON line in OpenAI's shape, `{"error": {"message", "type",
 "param", "code"}}`, with a 4xx status for a bad request (400 unreadable, empty, too short or too long audio, an unknown
-response_format or language, timestamps of a model without the CTC branch; 404 another model's name; 413 a file over the size limit; 503 a full queue) and 500 for
-the model's own failures; the server keeps serving after each.
+response_format or language, timestamps of a model without the CTC branch; 404 another model's name; 413 a file over
+the size limit; 503 a full queue) and 500 for the model's own failures; the server keeps serving after each.
 """
 
 from __future__ import annotations

@@ -121,7 +121,11 @@ class BatchingQueue:
         began = time.perf_counter()
         try:
             transcripts = await asyncio.get_running_loop().run_in_executor(
-                self._worker, self._transcribe, [job.waveform for job in jobs], task.language, task.hotwords,
+                self._worker,
+                self._transcribe,
+                [job.waveform for job in jobs],
+                task.language,
+                task.hotwords,
                 task.timestamps,
             )
         except Exception as error:  # the request's fault or the model's: every batch-mate gets it, the server goes on
