@@ -270,14 +270,14 @@ def transcribe(
         help="longer audio is an error: split it first (e.g. with a VAD)",
     ),
     timestamps: bool = typer.Option(
-        False, "--timestamps", help="per-token start and end times, by forced alignment on the CTC branch (--model)"
+        False, "--timestamps", help="per-token start and end times, by forced alignment on the CTC branch"
     ),
 ) -> None:
     """Transcribe audio files: prints FILE<TAB>TEXT per file, or writes JSONL (audio, text, audio_seconds).
 
     With --timestamps, each file's tokens follow its line, one per line: START<TAB>END<TAB>TOKEN in seconds (the
-    JSONL gets "timestamps": [{"token", "start", "end"}]); the model folder needs the original's CTC branch, which
-    `funasr-swap convert` keeps.
+    JSONL gets "timestamps": [{"token", "start", "end"}]); the model folder (or the export) needs the original's CTC
+    branch, which `funasr-swap convert` keeps.
 
     Example: funasr-swap transcribe --model ./Fun-ASR-Nano-2512-hf a.wav b.flac --language en -o out.jsonl
 
@@ -298,13 +298,11 @@ def transcribe(
     if edge is not None:
         if beams != 1:
             raise CliError(f"--edge decodes greedily; --beams {beams} needs --model")
-        if timestamps:
-            raise CliError("--timestamps needs --model: the edge runtime does not run the CTC branch")
         from funasr_swap.edge import transcribe as edge_transcription
 
         results = edge_transcription(
             edge, audio, language=language, hotwords=hotword, itn=itn, max_new_tokens=max_new_tokens,
-            max_audio_seconds=max_seconds,
+            max_audio_seconds=max_seconds, timestamps=timestamps,
         )  # fmt: skip
     else:
         import torch

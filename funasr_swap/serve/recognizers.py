@@ -105,10 +105,10 @@ def edge_recognizer(folder: str | Path, max_new_tokens: int, max_audio_seconds: 
     ) -> list[Transcript]:
         return edge_transcribe(
             model, waveforms, language, hotwords, max_new_tokens=max_new_tokens, max_audio_seconds=max_audio_seconds,
-            progress=False, batch_size=len(waveforms),
+            progress=False, batch_size=len(waveforms), timestamps=timestamps,
         )  # fmt: skip
 
     return Recognizer(
         Path(folder).name, settings.sampling_rate, settings.frame_samples[0], model.config.max_audio_seconds, batch,
-        model.close, no_timestamps="the edge runtime does not run the CTC branch",
+        model.close, no_timestamps=None if model.config.ctc else "the export has no CTC branch (ctc.onnx)",
     )  # fmt: skip
