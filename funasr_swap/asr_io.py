@@ -11,12 +11,12 @@ import numpy as np
 
 from funasr_swap.audio import load_audio
 from funasr_swap.errors import SettingError
+from funasr_swap.timestamps import TokenTime
 
 __all__ = [
     "DEFAULT_MAX_AUDIO_SECONDS",
     "DEFAULT_MAX_NEW_TOKENS",
     "AudioSource",
-    "TokenTime",
     "Transcript",
     "load_sources",
 ]
@@ -26,16 +26,6 @@ AudioSource = str | Path | bytes | np.ndarray | tuple[np.ndarray, int]
 
 DEFAULT_MAX_AUDIO_SECONDS = 60.0  # longer audio is refused: split it first (e.g. with a VAD), as funasr does
 DEFAULT_MAX_NEW_TOKENS = 512  # funasr's default `max_length` for the LLM's answer
-
-
-@dataclass(frozen=True)
-class TokenTime:
-    """When one token of a transcript is spoken (`funasr_swap.timestamps`): a token of the CTC branch's vocabulary,
-    its first and its past-the-last frame in seconds from the audio's start."""
-
-    token: str
-    start: float
-    end: float
 
 
 @dataclass(frozen=True)

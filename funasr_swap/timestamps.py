@@ -19,12 +19,21 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from funasr_swap.asr_io import TokenTime
+__all__ = ["AlignmentError", "TokenTime", "forced_align", "lfr_frame_seconds", "token_timestamps", "words_of"]
 
-__all__ = ["AlignmentError", "forced_align", "lfr_frame_seconds", "token_timestamps", "words_of"]
+
+@dataclass(frozen=True)
+class TokenTime:
+    """When one token of a transcript is spoken: a token of the CTC branch's vocabulary (or a word of them,
+    `words_of`), its first frame's start and its last frame's end in seconds from the audio's start."""
+
+    token: str
+    start: float
+    end: float
 
 
 class AlignmentError(ValueError):

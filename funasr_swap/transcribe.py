@@ -34,14 +34,13 @@ from funasr_swap.asr_io import (
     DEFAULT_MAX_AUDIO_SECONDS,
     DEFAULT_MAX_NEW_TOKENS,
     AudioSource,
-    TokenTime,
     Transcript,
     load_sources,
 )
 from funasr_swap.compat import fill_gaps
 from funasr_swap.ctc_branch import CtcBranch, require_ctc_branch
 from funasr_swap.features import batch_features, frame_samples, num_lfr_frames
-from funasr_swap.timestamps import lfr_frame_seconds, token_timestamps
+from funasr_swap.timestamps import TokenTime, lfr_frame_seconds, token_timestamps
 from tokenmap.prompt import AsrTask, check_user_text
 
 __all__ = [
@@ -172,7 +171,7 @@ def clip_timestamps(
             lambda token: tokenizer.decode([token]),
             period,
             seconds,
-        )  # fmt: skip
+        )
         for clip, text, seconds in zip(log_probs, texts, audio_seconds)
     ]
 

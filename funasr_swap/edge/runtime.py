@@ -21,17 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from funasr_swap.asr_io import (
-    DEFAULT_MAX_AUDIO_SECONDS,
-    DEFAULT_MAX_NEW_TOKENS,
-    AudioSource,
-    TokenTime,
-    Transcript,
-    load_sources,
-)
+from funasr_swap.asr_io import DEFAULT_MAX_AUDIO_SECONDS, DEFAULT_MAX_NEW_TOKENS, AudioSource, Transcript, load_sources
 from funasr_swap.edge.config import EDGE_CONFIG, EdgeConfig, TaskPrompt, read_edge_config
 from funasr_swap.edge.features import fbank, lfr_stack, num_lfr_frames
-from funasr_swap.timestamps import lfr_frame_seconds, token_timestamps
+from funasr_swap.timestamps import TokenTime, lfr_frame_seconds, token_timestamps
 
 __all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_CONTEXT", "EdgeModel", "transcribe"]
 
@@ -267,7 +260,9 @@ class EdgeModel:
         """The adaptor's rows `(lfr_frames, hidden_size)` float32 of a mono waveform at the features' rate."""
         return self.audio_outputs(waveform)[0]
 
-    def audio_outputs(self, waveform: np.ndarray, encoder_outputs: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    def audio_outputs(
+        self, waveform: np.ndarray, encoder_outputs: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """`audio_rows` of a waveform, and with `encoder_outputs` the audio tower's outputs `(lfr_frames, encoder
         hidden)` (an export with the CTC branch gives them; None otherwise)."""
         settings = self.config.features

@@ -63,3 +63,13 @@ def timestamped_folder(converted, tmp_path_factory):
     processor.save_pretrained(folder)
     copy_ctc_branch(converted, folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def timestamped_export(timestamped_folder, tmp_path_factory):
+    """`export_edge` (f32) of `timestamped_folder`: the export carries the CTC branch (about 30 s on 2 cores)."""
+    from funasr_swap.export import export_edge
+
+    folder = tmp_path_factory.mktemp("edge") / "timestamped"
+    export_edge(timestamped_folder, folder, "f32")
+    return folder

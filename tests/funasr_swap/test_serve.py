@@ -316,7 +316,33 @@ def test_an_export_is_served_with_the_edge_runtimes_text(tiny_export):
         (model,) = client.models.list()
         assert model.id == tiny_export.name
         texts = [client.audio.transcriptions.create(model=model.id, file=("a.wav", clip)).text for clip in clips]
+        with pytest.raises(openai.BadRequestError, match=r"the export has no CTC branch \(ctc.onnx\)"):
+            client.audio.transcriptions.create(
+                model=model.id, file=("a.wav", clips[0]), response_format="verbose_json",
+                timestamp_granularities=["word"],
+            )  # fmt: skip
     assert texts == wanted
+
+
+@pytest.mark.slow
+def test_an_export_with_the_ctc_branch_is_served_with_the_edge_runtimes_words(timestamped_export, clips):
+    from funasr_swap.edge import transcribe as edge_transcribe
+    from funasr_swap.serve.recognizers import edge_recognizer
+    from funasr_swap.timestamps import words_of
+
+    wanted = edge_transcribe(timestamped_export, clips[:2], max_new_tokens=MAX_NEW_TOKENS, timestamps=True)
+    config = ServeConfig(port=0, max_new_tokens=MAX_NEW_TOKENS)
+    app = build_app(edge_recognizer(timestamped_export, MAX_NEW_TOKENS, config.max_audio_seconds), config)
+    with running(app, bind(config)) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        for clip, transcript in zip(clips, wanted):
+            got = client.audio.transcriptions.create(
+                model=timestamped_export.name, file=("a.wav", clip), response_format="verbose_json",
+                timestamp_granularities=["word"],
+            )  # fmt: skip
+            assert got.words and [(w.word, w.start, w.end) for w in got.words] == [
+                (w.token, pytest.approx(w.start), pytest.approx(w.end)) for w in words_of(transcript.timestamps)
+            ]
 
 
 def test_the_servers_limits_default_to_the_demos():
