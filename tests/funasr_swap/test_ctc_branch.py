@@ -58,3 +58,14 @@ def test_the_vocab_initialisation_reads_frames_by_the_branch(converted, tmp_path
     with pytest.raises(ValueError, match="no tokenizer"):
         swap_llm(model, processor, "Llama-3.2-1B", strategy="vocab", random_weights="tiny", clips=clips,
                  ctc_branch=untokenized)  # fmt: skip
+
+
+@pytest.mark.slow  # a swap through the CLI, about 20 s on 2 cores
+def test_a_swap_carries_the_branch_and_its_tokenizer(converted, tmp_path):
+    from tests.funasr_swap.test_cli import invoke
+
+    out = tmp_path / "swapped"
+    result = invoke("swap", "--model", converted, "--llm", "Llama-3.2-1B", "--random-weights", "tiny", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert (out / CTC_BRANCH_FILE).read_bytes() == (converted / CTC_BRANCH_FILE).read_bytes()
+    assert read_ctc_branch(out).tokenizer.get_vocab() == real_tokenizer("qwen3").get_vocab()
