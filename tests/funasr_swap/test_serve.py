@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -424,6 +425,20 @@ def test_verbose_json_words_are_the_transcripts_token_times_merged_into_words(ti
         with pytest.raises(openai.BadRequestError, match="segment timestamps are not served"):
             client.audio.transcriptions.create(model="tiny", file=("a.wav", clips[0]), response_format="verbose_json",
                                                timestamp_granularities=["word", "segment"])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "granularities, response_format, message",
+    [
+        (["word"], "json", "timestamp_granularities needs response_format verbose_json, got 'json'"),
+        (["words"], "verbose_json", "timestamp_granularities 'words' is not one of word, segment"),
+    ],
+)
+def test_timestamp_granularities_outside_verbose_json_words_are_a_400(client, clips, granularities, response_format,
+                                                                      message):  # fmt: skip
+    with pytest.raises(openai.BadRequestError, match=re.escape(message)):
+        client.audio.transcriptions.create(model="tiny", file=("a.wav", clips[0]), response_format=response_format,
+                                           timestamp_granularities=granularities)  # fmt: skip
 
 
 def test_timestamps_of_a_model_without_the_ctc_branch_are_a_400(client, clips):

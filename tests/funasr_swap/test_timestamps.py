@@ -8,7 +8,14 @@ import itertools
 import numpy as np
 import pytest
 
-from funasr_swap.timestamps import AlignmentError, forced_align, lfr_frame_seconds, token_timestamps
+from funasr_swap.timestamps import (
+    AlignmentError,
+    TokenTime,
+    forced_align,
+    lfr_frame_seconds,
+    token_timestamps,
+    words_of,
+)
 
 BLANK = 0
 
@@ -74,3 +81,10 @@ def test_times_are_frames_times_the_lfr_period_clipped_to_the_audio():
         log_probs[t, label] = 0.0
     times = token_timestamps(log_probs, [1, 2], BLANK, lambda i: "ab"[i - 1], period, audio_seconds=0.28)
     assert [(t.token, t.start, t.end) for t in times] == [("a", 0.06, 0.18), ("b", 0.24, 0.28)]
+
+
+def test_words_join_tokens_at_spaces_and_time_each_ideograph_alone():
+    tokens = [" Hello", ",", " wor", "ld", "你", "好", " ", "!"]
+    times = [TokenTime(token, i / 10, (i + 1) / 10) for i, token in enumerate(tokens)]
+    words = [(w.token, w.start, w.end) for w in words_of(times)]
+    assert words == [("Hello,", 0.0, 0.2), ("world", 0.2, 0.4), ("你", 0.4, 0.5), ("好", 0.5, 0.6), ("!", 0.6, 0.8)]
