@@ -9,6 +9,10 @@ one batch per step carries every unfinished clip's argmax token, each clip leavi
 clips or positions. Text positions go in as token ids, so the runtime needs no embedding table; the rows are divided
 by the LLM's embedding scale first, because llama.cpp multiplies injected rows by it as it does token rows (Gemma-2:
 sqrt(hidden_size)) and transformers does not.
+
+Token timestamps (an export with the CTC branch): audio.onnx gives the tower's outputs beside the rows, ctc.onnx
+turns them into the branch's log-posteriors, `tokenizers` reads the transcript in the branch's tokens, and
+`funasr_swap.timestamps` aligns the two, as `funasr_swap.transcribe.clip_timestamps` does with torch.
 """
 
 from __future__ import annotations
@@ -125,8 +129,8 @@ class EdgeModel:
     The parts are checked against each other before llama.cpp or onnxruntime sees any input (ValueError naming the
     file and both values): audio.onnx's feature and row widths, llm.gguf's width, edge.json's; every prompt and stop
     id inside llm.gguf's vocabulary. An export with the CTC branch (edge.json's `ctc`) loads it too, for
-    `timestamps`. Use it as a context manager, or call `close()`, to free llama.cpp's memory at
-    once; a constructor that fails frees what it made.
+    `timestamps`. Use it as a context manager, or call `close()`, to free llama.cpp's memory at once; a constructor
+    that fails frees what it made.
     """
 
     # what close() frees, when made: a constructor that fails part-way leaves the rest None

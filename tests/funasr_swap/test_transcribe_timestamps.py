@@ -75,3 +75,13 @@ def test_the_cli_prints_each_token_under_its_file(timestamped, timestamped_folde
     lines = printed.stdout.splitlines()
     expected = [f"{t.start:.2f}\t{t.end:.2f}\t{t.token}" for t in transcripts[1].timestamps]
     assert lines == [f"{path}\t{transcripts[1].text}", *expected]
+
+
+def test_a_branch_without_its_tokenizer_is_named(converted, tmp_path):
+    import shutil
+
+    from funasr_swap.ctc_branch import CTC_BRANCH_FILE, require_ctc_branch
+
+    shutil.copy(converted / CTC_BRANCH_FILE, tmp_path / CTC_BRANCH_FILE)
+    with pytest.raises(FileNotFoundError, match=r"has a CTC branch but no ctc_tokenizer/ \(a Hugging Face tokenizer"):
+        require_ctc_branch(tmp_path)
