@@ -14,6 +14,7 @@ from funasr_swap.convert import load_base
 from funasr_swap.edge.config import read_edge_config
 from funasr_swap.transcribe import transcribe
 from tests.conftest import voice
+from tests.funasr_swap.edge.conftest import WITHOUT_TORCH
 
 pytestmark = pytest.mark.slow  # the export converts the tiny LLM and writes two ONNX files (about 30 s on 2 cores)
 CLIPS = (1.3, 2.6)
@@ -50,15 +51,7 @@ def test_edge_timestamps_never_import_torch(timestamped_export, tmp_path):
 
     clip = tmp_path / "clip.wav"
     soundfile.write(clip, voice(1.3, 1), 16000)
-    script = textwrap.dedent("""
-        import sys
-
-        class Refuse:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("torch", "transformers"):
-                    raise ImportError(name + " is not importable here")
-
-        sys.meta_path.insert(0, Refuse())
+    script = WITHOUT_TORCH + textwrap.dedent("""
         from funasr_swap import edge
 
         (result,) = edge.transcribe(sys.argv[1], sys.argv[2:], max_new_tokens=4, timestamps=True)
