@@ -11,8 +11,15 @@ import numpy as np
 
 from funasr_swap.audio import load_audio
 from funasr_swap.errors import SettingError
+from funasr_swap.timestamps import TokenTime
 
-__all__ = ["DEFAULT_MAX_AUDIO_SECONDS", "DEFAULT_MAX_NEW_TOKENS", "AudioSource", "Transcript", "load_sources"]
+__all__ = [
+    "DEFAULT_MAX_AUDIO_SECONDS",
+    "DEFAULT_MAX_NEW_TOKENS",
+    "AudioSource",
+    "Transcript",
+    "load_sources",
+]
 
 # A path, the bytes of an audio file, an array at the processor's rate (16 kHz), or (array, its sampling rate).
 AudioSource = str | Path | bytes | np.ndarray | tuple[np.ndarray, int]
@@ -29,6 +36,8 @@ class Transcript:
     audio_seconds: float  # duration of the audio
     seconds: float  # wall time of its batch (features, generation, decoding) divided by the batch size
     tokens: int  # generated text tokens, the stop token not counted
+    # per-token times when asked for (`timestamps=True`), in order; empty when the text cannot be aligned
+    timestamps: tuple[TokenTime, ...] | None = None
 
 
 def _source_name(source: AudioSource, index: int) -> str:

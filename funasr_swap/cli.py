@@ -269,14 +269,22 @@ def transcribe(
         callback=positive,
         help="longer audio is an error: split it first (e.g. with a VAD)",
     ),
+    timestamps: bool = typer.Option(
+        False, "--timestamps", help="per-token start and end times, by forced alignment on the CTC branch"
+    ),
 ) -> None:
     """Transcribe audio files: prints FILE<TAB>TEXT per file, or writes JSONL (audio, text, audio_seconds).
+
+    With --timestamps, each file's tokens follow its line, one per line: START<TAB>END<TAB>TOKEN in seconds (the
+    JSONL gets "timestamps": [{"token", "start", "end"}]); the model folder (or the export) needs the original's CTC
+    branch, which `funasr-swap convert` keeps.
 
     Example: funasr-swap transcribe --model ./Fun-ASR-Nano-2512-hf a.wav b.flac --language en -o out.jsonl
 
     Example (an export, without torch): funasr-swap transcribe --edge ./nano-llama-edge a.wav --language en
     """
     import json
+    from dataclasses import asdict
 
     from tokenmap.io import atomic_write_lines, check_writable
     from tokenmap.prompt import language_name
@@ -294,7 +302,7 @@ def transcribe(
 
         results = edge_transcription(
             edge, audio, language=language, hotwords=hotword, itn=itn, max_new_tokens=max_new_tokens,
-            max_audio_seconds=max_seconds,
+            max_audio_seconds=max_seconds, timestamps=timestamps,
         )  # fmt: skip
     else:
         import torch
@@ -305,14 +313,20 @@ def transcribe(
         base, processor = load_base(model, device="cuda" if torch.cuda.is_available() else None)
         results = run_transcription(
             base, processor, audio, language=language, hotwords=hotword, itn=itn, batch_size=batch_size,
-            num_beams=beams, max_new_tokens=max_new_tokens, max_audio_seconds=max_seconds,
+            num_beams=beams, max_new_tokens=max_new_tokens, max_audio_seconds=max_seconds, timestamps=timestamps,
         )  # fmt: skip
     if output is None:
         for path, result in zip(audio, results):
             typer.echo(f"{path}\t{result.text}")
+            for time in result.timestamps or ():
+                typer.echo(f"{time.start:.2f}\t{time.end:.2f}\t{time.token}")
         return
     lines = [
-        json.dumps({"audio": str(path), "text": r.text, "audio_seconds": r.audio_seconds}, ensure_ascii=False)
+        json.dumps(
+            {"audio": str(path), "text": r.text, "audio_seconds": r.audio_seconds}
+            | ({"timestamps": [asdict(t) for t in r.timestamps]} if timestamps else {}),
+            ensure_ascii=False,
+        )
         for path, r in zip(audio, results)
     ]
     atomic_write_lines(output, lines)
@@ -488,7 +502,7 @@ def swap(
         base, processor, llm, markers=markers.value if markers else None, boundaries=boundaries,
         strategy=adaptor.value, random_weights=random_weights.value if random_weights else None, clips=utterances,
     )  # fmt: skip
-    result.save(output)
+    result.save(output, ctc_branch_from=model)
     typer.echo(result.report.to_markdown())
     typer.echo(f"saved to {output}")
 

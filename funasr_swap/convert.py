@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import pickle
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -36,7 +35,7 @@ from transformers import (
 )
 
 from funasr_swap.compat import NO_HUB_KERNELS, fill_gaps
-from funasr_swap.ctc_branch import CTC_BRANCH_FILE, CTC_PREFIXES, write_ctc_branch
+from funasr_swap.ctc_branch import CTC_BRANCH_FILE, CTC_PREFIXES, copy_ctc_branch, write_ctc_branch
 from funasr_swap.features import load_feature_extractor, load_processor
 from tokenmap.families import ChatFamily, get_family
 from tokenmap.io import atomic_folder
@@ -410,7 +409,8 @@ def convert_checkpoint(
     (default bfloat16, as the published `-hf` checkpoint), generation config, and the processor (tokenizer, feature
     extractor, chat template). The original's CTC branch (`ctc_decoder.*`, `ctc.*`), which the generation model has
     no module for, goes to `CTC_BRANCH_FILE` beside the weights (`funasr_swap.ctc_branch`; stock loading ignores
-    it); a Hugging Face `src` that has one passes it on. The folder is written beside `dst` and renamed into place;
+    it); a Hugging Face `src` that has one passes it on, and the branch's tokenizer folder `ctc_tokenizer/` of either
+    format goes along. The folder is written beside `dst` and renamed into place;
     an existing `dst` is an error unless `overwrite`."""
     src, dst = Path(src), Path(dst)
     if dst.exists() and not overwrite:
@@ -424,8 +424,7 @@ def convert_checkpoint(
     with atomic_folder(dst) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
+        copy_ctc_branch(src, tmp)  # a converted src's branch; either format's ctc_tokenizer/
         if ctc:
             write_ctc_branch(ctc, conf, tmp / CTC_BRANCH_FILE)
-        elif (src / CTC_BRANCH_FILE).is_file():
-            shutil.copy(src / CTC_BRANCH_FILE, tmp / CTC_BRANCH_FILE)
     return dst

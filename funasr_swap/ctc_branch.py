@@ -11,14 +11,22 @@ entries, the blank last). transformers' `FunAsrNanoForConditionalGeneration` has
 `FunAsrNanoMultiModalProjector` (the audio adaptor's renames apply, `convert.LAYER_RENAMES`), the output layer as
 an `nn.Linear`. Its per-frame posteriors over the CTC vocabulary (`CtcBranch.posteriors`) are what the `vocab`
 adaptor initialisation carries into a new LLM (`funasr_swap.vocab_init`), through a vocabulary map from the CTC
-branch's tokenizer. The real branch's tokenizer is `multilingual.tiktoken` in the original checkpoint folder (a
-whisper-style encoding, read by funasr's `whisper_tokenizer.py`); it is not in this folder's files, so the caller
-passes a Hugging Face tokenizer of the same vocabulary.
+branch's tokenizer, and its log-posteriors (`CtcBranch.log_posteriors`) are what token timestamps align a
+transcript with (`funasr_swap.timestamps`).
+
+The branch's tokenizer: a Hugging Face tokenizer folder `CTC_TOKENIZER_DIR` (`ctc_tokenizer/`) beside the branch,
+which `read_ctc_branch` loads when the caller passes none. The real branch's tokenizer is `multilingual.tiktoken` of
+the original checkpoint (a whisper-style encoding with funasr's own special tokens, read by funasr's
+`whisper_tokenizer.py`); no PyPI wheel ships it and it is not converted here: save a Hugging Face tokenizer of that
+vocabulary (the blank excluded) as `ctc_tokenizer/` in the original or the converted folder. `copy_ctc_branch`
+carries both, the file and the folder, to every folder made from this one (`convert`, `swap`, `export`): a swap
+keeps the encoder the branch reads.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,12 +34,22 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
-from transformers import FunAsrNanoAdaptorConfig, FunAsrNanoConfig, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, FunAsrNanoAdaptorConfig, FunAsrNanoConfig, PreTrainedTokenizerBase
 from transformers.models.fun_asr_nano.modeling_fun_asr_nano import FunAsrNanoMultiModalProjector
 
-__all__ = ["CTC_BRANCH_FILE", "CTC_PREFIXES", "CtcBranch", "read_ctc_branch", "write_ctc_branch"]
+__all__ = [
+    "CTC_BRANCH_FILE",
+    "CTC_PREFIXES",
+    "CTC_TOKENIZER_DIR",
+    "CtcBranch",
+    "copy_ctc_branch",
+    "read_ctc_branch",
+    "require_ctc_branch",
+    "write_ctc_branch",
+]
 
 CTC_BRANCH_FILE = "ctc_branch.safetensors"
+CTC_TOKENIZER_DIR = "ctc_tokenizer"  # a Hugging Face tokenizer of the branch's vocabulary (the module docstring)
 CTC_PREFIXES = ("ctc_decoder.", "ctc.")  # the original's keys of the branch
 _CONF_KEY = "ctc_decoder_conf"  # the metadata entry: config.yaml's ctc_decoder_conf, as JSON
 # original key prefix -> CtcBranch key prefix; inside the blocks, convert.LAYER_RENAMES
@@ -61,11 +79,19 @@ class CtcBranch(nn.Module):
         return self.output.out_features - 1
 
     @torch.no_grad()
-    def posteriors(self, encoder_outputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """(valid frames, vocabulary) CTC posteriors of the encoder's outputs (B, T, hidden) at mask's valid frames
+    def logits(self, encoder_outputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(valid frames, vocabulary) CTC logits of the encoder's outputs (B, T, hidden) at mask's valid frames
         (B, T), in order, float32; the blank is the last column."""
         hidden = self.decoder(encoder_outputs, mask)[mask.bool()]
-        return self.output(hidden).float().softmax(-1)
+        return self.output(hidden).float()
+
+    def posteriors(self, encoder_outputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The softmax of `logits`."""
+        return self.logits(encoder_outputs, mask).softmax(-1)
+
+    def log_posteriors(self, encoder_outputs: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+        """Each clip's `(its valid frames, vocabulary)` log-softmax of `logits` (the original's `ctc.log_softmax`)."""
+        return list(self.logits(encoder_outputs, mask).log_softmax(-1).split(mask.sum(1).tolist()))
 
 
 @dataclass(frozen=True)
@@ -110,14 +136,42 @@ def write_ctc_branch(tensors: dict[str, torch.Tensor], conf: dict | None, path: 
     return Path(path)
 
 
+def copy_ctc_branch(source: str | Path, target: str | Path) -> None:
+    """Copy `source`'s CTC branch (`CTC_BRANCH_FILE` and `CTC_TOKENIZER_DIR`, those it has) into `target`."""
+    source, target = Path(source), Path(target)
+    if (source / CTC_BRANCH_FILE).is_file():
+        shutil.copy(source / CTC_BRANCH_FILE, target / CTC_BRANCH_FILE)
+    if (source / CTC_TOKENIZER_DIR).is_dir():
+        shutil.copytree(source / CTC_TOKENIZER_DIR, target / CTC_TOKENIZER_DIR, dirs_exist_ok=True)
+
+
+def require_ctc_branch(folder: str | Path) -> CtcBranch:
+    """`read_ctc_branch(folder)` for timestamps: FileNotFoundError, one line naming the folder and what it lacks,
+    when it has no branch or no tokenizer for it."""
+    folder = Path(folder)
+    if not (folder / CTC_BRANCH_FILE).is_file():
+        raise FileNotFoundError(
+            f"{folder} has no CTC branch ({CTC_BRANCH_FILE}), which timestamps need; `funasr-swap convert` of an "
+            "original Fun-ASR-Nano checkpoint keeps it, and swaps and exports of that folder carry it"
+        )
+    if not (folder / CTC_TOKENIZER_DIR).is_dir():
+        raise FileNotFoundError(
+            f"{folder} has a CTC branch but no {CTC_TOKENIZER_DIR}/ (a Hugging Face tokenizer of its vocabulary), "
+            "which timestamps need to read a transcript in the branch's tokens"
+        )
+    return read_ctc_branch(folder)  # type: ignore[return-value]
+
+
 def read_ctc_branch(folder: str | Path, tokenizer: PreTrainedTokenizerBase | None = None) -> CtcBranch | None:
     """The CTC branch kept in `folder`'s `CTC_BRANCH_FILE`, in eval mode, float32, with `tokenizer` (of its
-    vocabulary); None when there is none."""
+    vocabulary; None: the folder's `CTC_TOKENIZER_DIR` when it has one); None when there is no branch."""
     from funasr_swap.convert import ADAPTOR_LAYER_NORM_EPS
 
     path = Path(folder) / CTC_BRANCH_FILE
     if not path.is_file():
         return None
+    if tokenizer is None and (Path(folder) / CTC_TOKENIZER_DIR).is_dir():
+        tokenizer = AutoTokenizer.from_pretrained(Path(folder) / CTC_TOKENIZER_DIR)
     with safe_open(str(path), framework="pt") as handle:
         conf = json.loads((handle.metadata() or {}).get(_CONF_KEY, "{}"))
         state = {_renamed(key): handle.get_tensor(key).float() for key in handle.keys()}  # noqa: SIM118

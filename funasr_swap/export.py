@@ -1,6 +1,10 @@
 """Export a Fun-ASR-Nano model (base or swapped) for the edge runtime: a folder that transcribes without torch.
 
     audio.onnx  audio tower + adaptor, (batch, frames, 560) LFR features + mask -> (batch, frames, hidden) rows
+                (and, with the CTC branch, the tower's outputs (batch, frames, encoder hidden) too)
+    ctc.onnx    only when the model folder carries the original's CTC branch and its tokenizer
+                (`funasr_swap.ctc_branch`): the tower's outputs + mask -> (batch, frames, vocabulary) log-posteriors,
+                for token timestamps; the tokenizer goes along as ctc_tokenizer/tokenizer.json
     llm.gguf    the LLM (LoRA already merged by the trainer), through llama.cpp's own converter (`funasr_swap.gguf`);
                 the k-quants (q4_k_m, q5_k_m) through its quantizer after
     edge.json   prompts as token ids per task, stop ids, feature settings, the embedding scale to undo, model card:
@@ -27,7 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from funasr_swap.edge.config import EdgeConfig, HotwordPrompt, TaskPrompt
+from funasr_swap.ctc_branch import CTC_TOKENIZER_DIR, CtcBranch, require_ctc_branch
+from funasr_swap.edge.config import CtcSettings, EdgeConfig, HotwordPrompt, TaskPrompt
 from funasr_swap.edge.features import FeatureSettings
 from funasr_swap.gguf import LLAMA_CPP_PYTHON_VERSION, OutType, gguf_family, write_gguf
 from tokenmap.io import atomic_folder, check_writable
@@ -39,8 +44,10 @@ if TYPE_CHECKING:
 __all__ = [
     "AGREEMENT_CLIPS",
     "AUDIO_ONNX",
+    "CTC_ONNX",
     "LLM_GGUF",
     "AudioEmbedder",
+    "CtcLogPosteriors",
     "agreement",
     "edge_config",
     "export_edge",
@@ -48,6 +55,7 @@ __all__ = [
 ]
 
 AUDIO_ONNX = "audio.onnx"
+CTC_ONNX = "ctc.onnx"
 LLM_GGUF = "llm.gguf"
 AGREEMENT_CLIPS = 50  # the manifest's first clips that `agreement` transcribes both ways
 _HOTWORD_SLOTS = ("\u2983A\u2984", "\u2983B\u2984")  # two stand-in hotwords no template writes: ⦃A⦄, ⦃B⦄
@@ -55,16 +63,34 @@ _HOTWORD_SLOTS = ("\u2983A\u2984", "\u2983B\u2984")  # two stand-in hotwords no 
 
 class AudioEmbedder(nn.Module):
     """The model's audio tower and adaptor as one module: LFR features `(batch, frames, 560)` and their mask
-    `(batch, frames)` -> one LLM input row per frame `(batch, frames, hidden_size)` (padded frames' rows are junk)."""
+    `(batch, frames)` -> one LLM input row per frame `(batch, frames, hidden_size)` (padded frames' rows are junk);
+    `encoder_outputs`: the tower's outputs `(batch, frames, encoder hidden)` as a second output (the CTC branch's
+    input)."""
 
-    def __init__(self, model: FunAsrNanoForConditionalGeneration):
+    def __init__(self, model: FunAsrNanoForConditionalGeneration, encoder_outputs: bool = False):
         super().__init__()
         self.audio_tower = model.model.audio_tower
         self.projector = model.model.multi_modal_projector
+        self.encoder_outputs = encoder_outputs
 
-    def forward(self, input_features: torch.Tensor, input_features_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, input_features: torch.Tensor, input_features_mask: torch.Tensor
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         encoded = self.audio_tower(input_features=input_features, input_features_mask=input_features_mask)
-        return self.projector(encoded.last_hidden_state, input_features_mask)
+        rows = self.projector(encoded.last_hidden_state, input_features_mask)
+        return (rows, encoded.last_hidden_state) if self.encoder_outputs else rows
+
+
+class CtcLogPosteriors(nn.Module):
+    """The CTC branch as the edge runs it: the tower's outputs `(batch, frames, encoder hidden)` and their mask ->
+    log-posteriors `(batch, frames, vocabulary)` (padded frames' rows are junk), `CtcBranch.log_posteriors` unsplit."""
+
+    def __init__(self, branch: CtcBranch):
+        super().__init__()
+        self.decoder, self.output = branch.decoder, branch.output
+
+    def forward(self, encoder_outputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.output(self.decoder(encoder_outputs, mask)).log_softmax(-1)
 
 
 @contextmanager
@@ -78,35 +104,57 @@ def _quiet_logger(name: str) -> Iterator[None]:
         logger.setLevel(level)
 
 
-def export_onnx(model: FunAsrNanoForConditionalGeneration, processor: FunAsrNanoProcessor, path: Path) -> float:
-    """Write `AudioEmbedder(model)` to `path` (torch's dynamo exporter, dynamic batch and frame axes) and return the
-    largest absolute difference between onnxruntime's and PyTorch's rows on two clips of different length."""
+def _to_onnx(module: nn.Module, inputs: dict[str, torch.Tensor], output_names: list[str], path: Path) -> float:
+    """Write `module` (eval mode; inputs `(batch, frames, ...)` by name, the last one the mask) to `path` with torch's
+    dynamo exporter, dynamic batch and frame axes, and return the largest absolute difference between onnxruntime's
+    and PyTorch's outputs at the mask's valid frames."""
     import onnxruntime
 
+    batch, frames = torch.export.Dim("batch"), torch.export.Dim("frames")
+    shapes = {name: {0: batch, 1: frames} for name in inputs}
+    with torch.inference_mode():
+        expected = module(*inputs.values())
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    # the exporter's notes (torchvision absent, axis renames, deprecations) say nothing about this model
+    with warnings.catch_warnings(), _quiet_logger("torch.onnx"):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module, tuple(inputs.values()), dynamic_shapes=shapes, input_names=list(shapes), output_names=output_names,
+            dynamo=True, verbose=False,
+        )  # fmt: skip
+    program.save(str(path))
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {name: tensor.numpy() for name, tensor in inputs.items()})
+    valid = list(inputs.values())[-1].bool().numpy()
+    return max(float(np.abs(g[valid] - e.numpy()[valid]).max()) for g, e in zip(got, expected))
+
+
+def export_onnx(
+    model: FunAsrNanoForConditionalGeneration,
+    processor: FunAsrNanoProcessor,
+    path: Path,
+    ctc_branch: CtcBranch | None = None,
+    ctc_path: Path | None = None,
+) -> float:
+    """Write `AudioEmbedder(model)` to `path` (dynamic batch and frame axes) and return the largest absolute
+    difference between onnxruntime's and PyTorch's outputs on two clips of different length; with `ctc_branch`, the
+    audio model gives the tower's outputs too, and `CtcLogPosteriors(ctc_branch)` goes to `ctc_path` (its
+    difference counts in the returned one)."""
     from funasr_swap.features import batch_features
 
     rng = np.random.default_rng(0)
     rate = processor.feature_extractor.sampling_rate
     clips = [rng.normal(0, 0.1, int(seconds * rate)).astype(np.float32) for seconds in (2.3, 1.1)]
-    inputs = batch_features(processor.feature_extractor, clips)
-    args = (inputs["input_features"], inputs["input_features_mask"])
-    module = AudioEmbedder(model).eval()
-    batch, frames = torch.export.Dim("batch"), torch.export.Dim("frames")
-    shapes = {"input_features": {0: batch, 1: frames}, "input_features_mask": {0: batch, 1: frames}}
+    inputs = dict(batch_features(processor.feature_extractor, clips))
+    module = AudioEmbedder(model, encoder_outputs=ctc_branch is not None).eval()
+    names = ["audio_embeds", "encoder_outputs"] if ctc_branch is not None else ["audio_embeds"]
+    error = _to_onnx(module, inputs, names, path)
+    if ctc_branch is None or ctc_path is None:
+        return error
     with torch.inference_mode():
-        expected = module(*args)
-    # the exporter's notes (torchvision absent, axis renames, deprecations) say nothing about this model
-    with warnings.catch_warnings(), _quiet_logger("torch.onnx"):
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            module, args, dynamic_shapes=shapes, input_names=list(shapes), output_names=["audio_embeds"],
-            dynamo=True, verbose=False,
-        )  # fmt: skip
-    program.save(str(path))
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (got,) = session.run(None, {"input_features": args[0].numpy(), "input_features_mask": args[1].numpy()})
-    valid = args[1].bool().numpy()
-    return float(np.abs(got[valid] - expected.numpy()[valid]).max())
+        encoded = module(*inputs.values())[1]
+    ctc_inputs = {"encoder_outputs": encoded, "mask": inputs["input_features_mask"]}
+    return max(error, _to_onnx(CtcLogPosteriors(ctc_branch).eval(), ctc_inputs, ["log_posteriors"], ctc_path))
 
 
 def _hotword_prompt(processor: FunAsrNanoProcessor, language: str | None, itn: bool) -> HotwordPrompt:
@@ -126,9 +174,13 @@ def _hotword_prompt(processor: FunAsrNanoProcessor, language: str | None, itn: b
 
 
 def edge_config(
-    model: FunAsrNanoForConditionalGeneration, processor: FunAsrNanoProcessor, outtype: OutType, model_card: dict
+    model: FunAsrNanoForConditionalGeneration,
+    processor: FunAsrNanoProcessor,
+    outtype: OutType,
+    model_card: dict,
+    ctc: CtcSettings | None = None,
 ) -> EdgeConfig:
-    """What `edge.json` holds for this model (`funasr_swap.edge.config`)."""
+    """What `edge.json` holds for this model (`funasr_swap.edge.config`); `ctc`: the exported CTC branch."""
     from funasr_swap.transcribe import max_encoder_seconds, prompt_ids, stop_ids
 
     fe = processor.feature_extractor
@@ -162,6 +214,7 @@ def edge_config(
         ),
         prompts=prompts,
         model_card=model_card,
+        ctc=ctc,
     )
 
 
@@ -205,7 +258,8 @@ def export_edge(
 ) -> EdgeConfig:
     """Export the Fun-ASR-Nano model folder `source` (a swapped model, a trained one, the base; Hugging Face or
     original format) into folder `output`: `audio.onnx`, `llm.gguf` in `outtype` (f32, f16, q8_0, q4_k_m or q5_k_m:
-    `funasr_swap.gguf.write_gguf`) and `edge.json`, whose model card records the GGUF's tensor types, its fallbacks
+    `funasr_swap.gguf.write_gguf`), with the CTC branch when `source` carries it and its tokenizer (`ctc.onnx` and
+    `ctc_tokenizer/`: token timestamps) and `edge.json`, whose model card records the GGUF's tensor types, its fallbacks
     and, when `check` names a manifest, the export's `agreement` with PyTorch on its first `check_clips` clips.
 
     Everything is checked before the work (a model folder, a family the converter takes, a writable output that
@@ -236,10 +290,18 @@ def export_edge(
         gguf_family(family)
     except ValueError as error:
         raise ValueError(f"{source}: {error}") from None
+    try:
+        branch = require_ctc_branch(source)
+    except FileNotFoundError:
+        branch = None  # no timestamps from this export
     began = time.perf_counter()
     spec = match_llm(model.config.text_config)
     with atomic_folder(output) as tmp:
-        onnx_error = export_onnx(model, processor, tmp / AUDIO_ONNX)
+        onnx_error = export_onnx(model, processor, tmp / AUDIO_ONNX, branch, tmp / CTC_ONNX)
+        ctc = None
+        if branch is not None:
+            branch.tokenizer.save_pretrained(tmp / CTC_TOKENIZER_DIR)  # a fast tokenizer writes tokenizer.json
+            ctc = CtcSettings(CTC_ONNX, f"{CTC_TOKENIZER_DIR}/tokenizer.json", branch.blank_id)
         weights = write_gguf(model, processor.tokenizer, family, tmp / LLM_GGUF, outtype, work_dir=tmp)
         card = {
             "source": str(source.resolve()),
@@ -255,7 +317,7 @@ def export_edge(
             },
             "export_seconds": round(time.perf_counter() - began, 1),
         }
-        config = edge_config(model, processor, outtype, card)
+        config = edge_config(model, processor, outtype, card, ctc)
         config.write(tmp)
         if check is not None:
             card["agreement"] = agreement(model, processor, tmp, check, check_clips)

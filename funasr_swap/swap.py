@@ -31,7 +31,7 @@ from transformers import (
 from funasr_swap.adaptor import Strategy, fit_embedding_bridge, resize_adaptor
 from funasr_swap.compat import fill_gaps
 from funasr_swap.convert import generation_config
-from funasr_swap.ctc_branch import CtcBranch
+from funasr_swap.ctc_branch import CtcBranch, copy_ctc_branch
 from funasr_swap.data import Utterance
 from funasr_swap.errors import NAMED, SettingError
 from funasr_swap.llms import (
@@ -118,10 +118,14 @@ class SwappedModel:
     processor: FunAsrNanoProcessor
     report: SwapReport
 
-    def save(self, folder: str | os.PathLike) -> Path:
+    def save(self, folder: str | os.PathLike, ctc_branch_from: str | os.PathLike | None = None) -> Path:
         """Write a standard Hugging Face folder (model, processor, the report as SWAP_REPORT.md for people and
-        swap_report.json for programs) through a temporary sibling."""
+        swap_report.json for programs) through a temporary sibling. `ctc_branch_from`: the base's folder, whose CTC
+        branch (`funasr_swap.ctc_branch`, for timestamps) the swap keeps, since it keeps the encoder the branch
+        reads."""
         with atomic_folder(folder) as tmp:
+            if ctc_branch_from is not None:
+                copy_ctc_branch(ctc_branch_from, tmp)
             self.model.save_pretrained(tmp)
             self.processor.save_pretrained(tmp)
             (tmp / SWAP_REPORT_MD).write_text(self.report.to_markdown())

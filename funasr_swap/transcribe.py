@@ -38,7 +38,9 @@ from funasr_swap.asr_io import (
     load_sources,
 )
 from funasr_swap.compat import fill_gaps
+from funasr_swap.ctc_branch import CtcBranch, require_ctc_branch
 from funasr_swap.features import batch_features, frame_samples, num_lfr_frames
+from funasr_swap.timestamps import TokenTime, lfr_frame_seconds, token_timestamps
 from tokenmap.prompt import AsrTask, check_user_text
 
 __all__ = [
@@ -46,6 +48,7 @@ __all__ = [
     "DEFAULT_MAX_NEW_TOKENS",
     "AudioSource",
     "Transcript",
+    "clip_timestamps",
     "max_encoder_seconds",
     "prompt_ids",
     "stop_ids",
@@ -135,6 +138,44 @@ def stop_ids(model: FunAsrNanoForConditionalGeneration, processor: FunAsrNanoPro
     return set(eos if isinstance(eos, list) else [eos]) | {processor.tokenizer.pad_token_id}
 
 
+@torch.no_grad()
+def clip_timestamps(
+    model: FunAsrNanoForConditionalGeneration,
+    processor: FunAsrNanoProcessor,
+    branch: CtcBranch,
+    inputs: BatchFeature,
+    texts: Sequence[str],
+    audio_seconds: Sequence[float],
+) -> list[tuple[TokenTime, ...]]:
+    """Per-token times of each row's transcript in `texts` (`funasr_swap.timestamps`): the audio tower's outputs of
+    `inputs` (`transcription_inputs`) read by the CTC branch, each transcript tokenized by the branch's tokenizer
+    and aligned to its clip's frames, one frame per LFR stride of the feature extractor."""
+    if branch.tokenizer is None:
+        raise ValueError("the CTC branch has no tokenizer: read_ctc_branch(folder, tokenizer=<its vocabulary's>)")
+    tower = model.model.audio_tower
+    param = next(tower.parameters())
+    mask = inputs["input_features_mask"].to(param.device)
+    hidden = tower(
+        input_features=inputs["input_features"].to(param.device, param.dtype), input_features_mask=mask
+    ).last_hidden_state  # (B, frames, encoder hidden)
+    branch_param = next(branch.parameters())
+    log_probs = branch.log_posteriors(hidden.to(branch_param.device, branch_param.dtype), mask.to(branch_param.device))
+    fe = processor.feature_extractor
+    period = lfr_frame_seconds(fe.sampling_rate, frame_samples(fe)[1], fe.stride_lfr)
+    tokenizer = branch.tokenizer
+    return [
+        token_timestamps(
+            clip.cpu().numpy(),
+            tokenizer.encode(text, add_special_tokens=False),
+            branch.blank_id,
+            lambda token: tokenizer.decode([token]),
+            period,
+            seconds,
+        )
+        for clip, text, seconds in zip(log_probs, texts, audio_seconds)
+    ]
+
+
 def transcribe(
     model: FunAsrNanoForConditionalGeneration,
     processor: FunAsrNanoProcessor,
@@ -147,6 +188,8 @@ def transcribe(
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     max_audio_seconds: float = DEFAULT_MAX_AUDIO_SECONDS,
     progress: bool | None = None,
+    timestamps: bool = False,
+    ctc_branch: CtcBranch | None = None,
 ) -> list[Transcript]:
     """Transcribe `audios` with a Fun-ASR-Nano model (base or swapped); one `Transcript` per input, in input order.
 
@@ -164,9 +207,13 @@ def transcribe(
         max_new_tokens: the longest answer, in tokens.
         max_audio_seconds: longer audio is an error (split it first); at most what the encoder's positions cover.
         progress: a tqdm bar; None shows it when there is more than one batch.
+        timestamps: also give each transcript's per-token times (`Transcript.timestamps`; `clip_timestamps`), by
+            forced alignment on the original's CTC branch, as funasr's FunASRNano does; needs the branch.
+        ctc_branch: the branch for timestamps (`funasr_swap.ctc_branch.read_ctc_branch`, with its tokenizer); None:
+            read from the model's folder (`model.name_or_path`) for this call.
 
-    Raises FileNotFoundError for a missing file, ValueError naming the input for unreadable, empty, too short or
-    too long audio.
+    Raises FileNotFoundError for a missing file or, with `timestamps`, a model folder without the CTC branch;
+    ValueError naming the input for unreadable, empty, too short or too long audio.
     """
     if batch_size < 1 or num_beams < 1 or max_new_tokens < 1:
         raise ValueError(
@@ -178,6 +225,7 @@ def transcribe(
         audios, rate, frame_samples(fe)[0], max_audio_seconds, max_encoder_seconds(model, processor)
     )
 
+    branch = (ctc_branch or require_ctc_branch(model.name_or_path)) if timestamps else None
     fill_gaps(model)  # a model loaded with stock transformers needs it too
     stops = stop_ids(model, processor)
     order = sorted(range(len(waveforms)), key=lambda i: -len(waveforms[i]))  # longest first: memory errors come early
@@ -200,8 +248,11 @@ def transcribe(
                 for ids in output[:, inputs["input_ids"].shape[1] :].tolist()
             ]
             texts = processor.tokenizer.batch_decode(answers, skip_special_tokens=True)
+            texts = [text.strip() for text in texts]
+            seconds = [len(waveforms[i]) / rate for i in batch]
+            times = clip_timestamps(model, processor, branch, inputs, texts, seconds) if branch else [None] * len(batch)
             share = (time.perf_counter() - began) / len(batch)
-            for i, ids, text in zip(batch, answers, texts):
-                results[i] = Transcript(text.strip(), len(waveforms[i]) / rate, share, len(ids))
+            for i, ids, text, clip_times in zip(batch, answers, texts, times):
+                results[i] = Transcript(text, len(waveforms[i]) / rate, share, len(ids), clip_times)
             bar.update(len(batch))
     return results  # type: ignore[return-value]

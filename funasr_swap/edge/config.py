@@ -18,7 +18,15 @@ from typing import Any
 
 from funasr_swap.edge.features import FeatureSettings
 
-__all__ = ["EDGE_CONFIG", "EDGE_FORMAT", "EdgeConfig", "HotwordPrompt", "TaskPrompt", "read_edge_config"]
+__all__ = [
+    "EDGE_CONFIG",
+    "EDGE_FORMAT",
+    "CtcSettings",
+    "EdgeConfig",
+    "HotwordPrompt",
+    "TaskPrompt",
+    "read_edge_config",
+]
 
 EDGE_CONFIG = "edge.json"
 EDGE_FORMAT = 1  # raised when a field's meaning changes; the runtime refuses other versions
@@ -46,6 +54,15 @@ class TaskPrompt:
 
 
 @dataclass(frozen=True)
+class CtcSettings:
+    """The original's CTC branch, exported for token timestamps (`funasr_swap.timestamps`)."""
+
+    model: str  # file name of the ONNX branch: audio model's encoder_outputs + mask -> log-posteriors
+    tokenizer: str  # the branch's tokenizer.json (a `tokenizers` file), relative to the folder
+    blank_id: int  # the blank's column of the log-posteriors
+
+
+@dataclass(frozen=True)
 class EdgeConfig:
     """The contents of `edge.json` (module docstring)."""
 
@@ -63,6 +80,7 @@ class EdgeConfig:
     features: FeatureSettings
     prompts: list[TaskPrompt]
     model_card: dict[str, Any] = field(default_factory=dict)  # where the model came from; not read by the runtime
+    ctc: CtcSettings | None = None  # None: exported without the CTC branch, no timestamps
     format: int = EDGE_FORMAT
 
     def __post_init__(self) -> None:

@@ -9,6 +9,10 @@ one batch per step carries every unfinished clip's argmax token, each clip leavi
 clips or positions. Text positions go in as token ids, so the runtime needs no embedding table; the rows are divided
 by the LLM's embedding scale first, because llama.cpp multiplies injected rows by it as it does token rows (Gemma-2:
 sqrt(hidden_size)) and transformers does not.
+
+Token timestamps (an export with the CTC branch): audio.onnx gives the tower's outputs beside the rows, ctc.onnx
+turns them into the branch's log-posteriors, `tokenizers` reads the transcript in the branch's tokens, and
+`funasr_swap.timestamps` aligns the two, as `funasr_swap.transcribe.clip_timestamps` does with torch.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import numpy as np
 from funasr_swap.asr_io import DEFAULT_MAX_AUDIO_SECONDS, DEFAULT_MAX_NEW_TOKENS, AudioSource, Transcript, load_sources
 from funasr_swap.edge.config import EDGE_CONFIG, EdgeConfig, TaskPrompt, read_edge_config
 from funasr_swap.edge.features import fbank, lfr_stack, num_lfr_frames
+from funasr_swap.timestamps import TokenTime, lfr_frame_seconds, token_timestamps
 
 __all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_CONTEXT", "EdgeModel", "transcribe"]
 
@@ -123,8 +128,9 @@ class EdgeModel:
 
     The parts are checked against each other before llama.cpp or onnxruntime sees any input (ValueError naming the
     file and both values): audio.onnx's feature and row widths, llm.gguf's width, edge.json's; every prompt and stop
-    id inside llm.gguf's vocabulary. Use it as a context manager, or call `close()`, to free llama.cpp's memory at
-    once; a constructor that fails frees what it made.
+    id inside llm.gguf's vocabulary. An export with the CTC branch (edge.json's `ctc`) loads it too, for
+    `timestamps`. Use it as a context manager, or call `close()`, to free llama.cpp's memory at once; a constructor
+    that fails frees what it made.
     """
 
     # what close() frees, when made: a constructor that fails part-way leaves the rest None
@@ -142,6 +148,15 @@ class EdgeModel:
                 raise FileNotFoundError(f"{self.folder / name} is missing: export the model again")
         self._threads = threads or max(1, (os.cpu_count() or 2) // 2)
         self._audio = _onnx_session(onnxruntime, self.folder / self.config.audio_model, self._threads)
+        self._ctc = self._ctc_tokenizer = None
+        if (ctc := self.config.ctc) is not None:
+            from tokenizers import Tokenizer
+
+            for name in (ctc.model, ctc.tokenizer):
+                if not (self.folder / name).is_file():
+                    raise FileNotFoundError(f"{self.folder / name} is missing: export the model again")
+            self._ctc = _onnx_session(onnxruntime, self.folder / ctc.model, self._threads)
+            self._ctc_tokenizer = Tokenizer.from_file(str(self.folder / ctc.tokenizer))
         _quiet_llama_logs(llama_cpp)
         llama_cpp.llama_backend_init()
         try:
@@ -164,11 +179,12 @@ class EdgeModel:
         """The widths and ids each part hands another agree (the class docstring); ValueError naming the file."""
         config, folder = self.config, self.folder
         inputs = {i.name: i.shape for i in self._audio.get_inputs()}
-        if sorted(inputs) != ["input_features", "input_features_mask"] or len(self._audio.get_outputs()) != 1:
-            outputs = [o.name for o in self._audio.get_outputs()]
+        outputs = [o.name for o in self._audio.get_outputs()]
+        expected = ["audio_embeds", "encoder_outputs"] if config.ctc else ["audio_embeds"]
+        if sorted(inputs) != ["input_features", "input_features_mask"] or outputs[: len(expected)] != expected:
             raise ValueError(
                 f"{folder / config.audio_model}: takes {sorted(inputs)} and gives {outputs}; the runtime feeds "
-                "['input_features', 'input_features_mask'] and reads one output: export the model again"
+                f"['input_features', 'input_features_mask'] and reads {expected}: export the model again"
             )
         features = config.features.num_mel_bins * config.features.lfr_m
         # a width that is a name (a dynamic axis) is checked on each output instead (audio_rows)
@@ -246,16 +262,46 @@ class EdgeModel:
 
     def audio_rows(self, waveform: np.ndarray) -> np.ndarray:
         """The adaptor's rows `(lfr_frames, hidden_size)` float32 of a mono waveform at the features' rate."""
+        return self.audio_outputs(waveform)[0]
+
+    def audio_outputs(
+        self, waveform: np.ndarray, encoder_outputs: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """`audio_rows` of a waveform, and with `encoder_outputs` the audio tower's outputs `(lfr_frames, encoder
+        hidden)` (an export with the CTC branch gives them; None otherwise)."""
         settings = self.config.features
         features = lfr_stack(fbank(waveform, settings), settings.lfr_m, settings.lfr_n)[None]
         mask = np.ones(features.shape[:2], np.int32)
-        (rows,) = self._audio.run(None, {"input_features": features, "input_features_mask": mask})
+        names = ["audio_embeds", "encoder_outputs"] if encoder_outputs else ["audio_embeds"]
+        rows, *encoded = self._audio.run(names, {"input_features": features, "input_features_mask": mask})
         if rows.shape != (1, features.shape[1], self.width):
             raise ValueError(
                 f"{self.folder / self.config.audio_model} gave rows of shape {rows.shape} for {features.shape[1]} "
                 f"frames; {self.folder / self.config.llm} takes (1, {features.shape[1]}, {self.width})"
             )
-        return rows[0]
+        return rows[0], encoded[0][0] if encoded else None
+
+    def require_ctc_branch(self) -> None:
+        """FileNotFoundError, one line naming the folder, for an export without the CTC branch."""
+        if self._ctc is None or self.config.ctc is None:
+            raise FileNotFoundError(
+                f"{self.folder} was exported without the CTC branch (no ctc in {EDGE_CONFIG}), which timestamps need; "
+                "export a model folder that carries it (`funasr-swap convert` of an original checkpoint keeps it)"
+            )
+
+    def timestamps(self, encoder_outputs: np.ndarray, text: str, audio_seconds: float) -> tuple[TokenTime, ...]:
+        """Per-token times of `text` over one clip's tower outputs `(frames, encoder hidden)`, as
+        `funasr_swap.transcribe.clip_timestamps` gives them: the exported CTC branch's log-posteriors, the text in
+        its tokenizer's tokens, forced alignment."""
+        self.require_ctc_branch()
+        mask = np.ones((1, len(encoder_outputs)), np.int32)
+        (log_probs,) = self._ctc.run(None, {"encoder_outputs": encoder_outputs[None], "mask": mask})
+        tokenizer, settings = self._ctc_tokenizer, self.config.features
+        return token_timestamps(
+            log_probs[0], tokenizer.encode(text, add_special_tokens=False).ids, self.config.ctc.blank_id,
+            lambda token: tokenizer.decode([token], skip_special_tokens=False),
+            lfr_frame_seconds(settings.sampling_rate, settings.frame_samples[1], settings.lfr_n), audio_seconds,
+        )  # fmt: skip
 
     def tokenize(self, text: str) -> list[int]:
         """`text` as the GGUF's tokenizer reads it, special tokens parsed, no BOS added (prompt pieces)."""
@@ -376,26 +422,31 @@ def transcribe(
     max_audio_seconds: float = DEFAULT_MAX_AUDIO_SECONDS,
     progress: bool | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    timestamps: bool = False,
 ) -> list[Transcript]:
     """Transcribe `audios` with an exported model: `funasr_swap.transcribe.transcribe`'s inputs (less the processor
     and beams: greedy) and outputs, one `Transcript` per input in input order; `batch_size` clips decoded together.
 
     Args:
         model: an `EdgeModel`, or the folder `funasr-swap export` wrote (loaded for this call).
-        audios, language, hotwords, itn, max_new_tokens, max_audio_seconds, progress, batch_size: as `transcribe`'s
-            (a Transcript's `seconds` is its batch's wall time divided by the batch's clips, as there).
+        audios, language, hotwords, itn, max_new_tokens, max_audio_seconds, progress, batch_size, timestamps: as
+            `transcribe`'s (a Transcript's `seconds` is its batch's wall time divided by the batch's clips, as
+            there); timestamps need an export with the CTC branch (FileNotFoundError naming the folder otherwise).
     """
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError(f"max_new_tokens and batch_size must be >= 1, got {max_new_tokens} and {batch_size}")
     if not isinstance(model, EdgeModel):
         with EdgeModel(model) as loaded:
             return transcribe(
-                loaded, audios, language, hotwords, itn, max_new_tokens, max_audio_seconds, progress, batch_size
+                loaded, audios, language, hotwords, itn, max_new_tokens, max_audio_seconds, progress, batch_size,
+                timestamps,
             )  # fmt: skip
     from tqdm.auto import tqdm
 
     settings = model.config.features
     rate = settings.sampling_rate
+    if timestamps:
+        model.require_ctc_branch()
     before, after = model.prompt(language, hotwords or (), itn)
     waveforms = load_sources(
         audios, rate, settings.frame_samples[0], max_audio_seconds, model.config.max_audio_seconds
@@ -410,9 +461,13 @@ def transcribe(
         for first in range(0, len(waveforms), batch_size):
             batch = waveforms[first : first + batch_size]
             began = time.perf_counter()
-            answers = model.generate_batch(before, [model.audio_rows(w) for w in batch], after, max_new_tokens)
+            outputs = [model.audio_outputs(w, encoder_outputs=timestamps) for w in batch]
+            answers = model.generate_batch(before, [rows for rows, _ in outputs], after, max_new_tokens)
             texts = [model.detokenize(answer).strip() for answer in answers]
+            times = [model.timestamps(encoded, t, len(w) / rate) if timestamps else None
+                     for (_, encoded), t, w in zip(outputs, texts, batch)]  # fmt: skip
             share = (time.perf_counter() - began) / len(batch)
-            results += [Transcript(t, len(w) / rate, share, len(a)) for t, w, a in zip(texts, batch, answers)]
+            results += [Transcript(t, len(w) / rate, share, len(a), clip_times)
+                        for t, w, a, clip_times in zip(texts, batch, answers, times)]  # fmt: skip
             bar.update(len(batch))
     return results

@@ -3,8 +3,8 @@
 
 Every error, the client's or the server's, is one JSON line in OpenAI's shape, `{"error": {"message", "type",
 "param", "code"}}`, with a 4xx status for a bad request (400 unreadable, empty, too short or too long audio, an unknown
-response_format or language; 404 another model's name; 413 a file over the size limit; 503 a full queue) and 500 for
-the model's own failures; the server keeps serving after each.
+response_format or language, timestamps of a model without the CTC branch; 404 another model's name; 413 a file over
+the size limit; 503 a full queue) and 500 for the model's own failures; the server keeps serving after each.
 """
 
 from __future__ import annotations
@@ -27,11 +27,13 @@ from funasr_swap.errors import SettingError
 from funasr_swap.serve.batching import BatchingQueue, QueueFull, log
 from funasr_swap.serve.config import ServeConfig
 from funasr_swap.serve.recognizers import Recognizer
+from funasr_swap.timestamps import words_of
 from tokenmap.prompt import language_name
 
-__all__ = ["RESPONSE_FORMATS", "ApiError", "bind", "build_app", "hotwords_of", "run", "running"]
+__all__ = ["GRANULARITIES", "RESPONSE_FORMATS", "ApiError", "bind", "build_app", "hotwords_of", "run", "running"]
 
 RESPONSE_FORMATS = ("json", "text", "verbose_json")
+GRANULARITIES = ("word", "segment")  # OpenAI's timestamp_granularities[]; "segment" is refused (build_app says why)
 FORM_ROOM = 64 * 1024  # bytes a request may hold beyond the file: the other fields and the multipart boundaries
 _HOTWORD_SEPARATORS = re.compile(r"[,，\n]")  # ASCII and full-width commas, newlines
 _SERVER_FLAGS = {"max_audio_seconds": "the server's --max-seconds"}  # how a duration error names the limit
@@ -62,6 +64,8 @@ def _transcript_response(transcript: Transcript, response_format: str, language:
     if response_format == "verbose_json":  # language: the one asked for; None when the model chose
         body = {"task": "transcribe", "language": language, "duration": transcript.audio_seconds,
                 "text": transcript.text}  # fmt: skip
+        if transcript.timestamps is not None:
+            body["words"] = [{"word": w.token, "start": w.start, "end": w.end} for w in words_of(transcript.timestamps)]
         return JSONResponse(body)
     return JSONResponse({"text": transcript.text})
 
@@ -134,6 +138,10 @@ def build_app(recognizer: Recognizer, config: ServeConfig = ServeConfig()) -> Fa
         language: str | None = Form(None, description="zh, en or ja; none: the model's choice"),
         prompt: str | None = Form(None, description="hotwords, separated by commas"),
         response_format: str = Form("json", description="json, text or verbose_json"),
+        timestamp_granularities: list[str] = Form(
+            [], alias="timestamp_granularities[]",
+            description="word: verbose_json's `words`, each word's start and end in seconds (the model's CTC branch)",
+        ),
         stream: bool = Form(False, description="not served: transcripts come whole"),
     ) -> Response:  # fmt: skip
         """Transcribe one audio file, batched with the requests that arrive with it."""
@@ -145,6 +153,7 @@ def build_app(recognizer: Recognizer, config: ServeConfig = ServeConfig()) -> Fa
                            f"{', '.join(RESPONSE_FORMATS)}", param="response_format")  # fmt: skip
         if stream:
             raise ApiError(400, "streaming is not served: leave stream out, the transcript comes whole", param="stream")
+        _check_granularities(timestamp_granularities, response_format)
         if language is not None:
             try:
                 language_name(language)
@@ -162,7 +171,9 @@ def build_app(recognizer: Recognizer, config: ServeConfig = ServeConfig()) -> Fa
         except ValueError as error:
             raise ApiError(400, _named(file.filename, str(error)), param="file") from None
         try:
-            transcript = await app.state.batching.submit(waveform, language, hotwords_of(prompt))
+            transcript = await app.state.batching.submit(
+                waveform, language, hotwords_of(prompt), timestamps=bool(timestamp_granularities)
+            )
         except QueueFull:
             raise ApiError(503, f"the server is busy: {config.queue_size} requests wait already; try again shortly",
                            type="server_error", code="queue_full") from None  # fmt: skip
@@ -172,6 +183,24 @@ def build_app(recognizer: Recognizer, config: ServeConfig = ServeConfig()) -> Fa
             log.exception("the model call failed")
             raise ApiError(500, f"{type(error).__name__}: {error}", type="server_error") from None
         return _transcript_response(transcript, response_format, language)
+
+    def _check_granularities(granularities: list[str], response_format: str) -> None:
+        """Timestamps are words of verbose_json, from a model with the CTC branch. Segments are refused: OpenAI's
+        segment carries decoder statistics (avg_logprob, no_speech_prob, ...) this server does not compute."""
+        param = "timestamp_granularities[]"
+        if not granularities:
+            return
+        if unknown := [g for g in granularities if g not in GRANULARITIES]:
+            raise ApiError(400, f"timestamp_granularities {unknown[0]!r} is not one of {', '.join(GRANULARITIES)}",
+                           param=param)  # fmt: skip
+        if "segment" in granularities:
+            raise ApiError(400, "segment timestamps are not served (no decoder statistics per segment); ask for "
+                           "word", param=param)  # fmt: skip
+        if response_format != "verbose_json":
+            raise ApiError(400, f"timestamp_granularities needs response_format verbose_json, got {response_format!r}",
+                           param=param)  # fmt: skip
+        if recognizer.no_timestamps is not None:
+            raise ApiError(400, f"no timestamps from {model_name!r}: {recognizer.no_timestamps}", param=param)
 
     return app
 

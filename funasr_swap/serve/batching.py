@@ -2,7 +2,8 @@
 
 The first request waits at most `max_wait_seconds` for others to join it (fewer when the batch fills first); while
 the worker runs a batch, new requests queue up and form the next one, so under load the batches grow by themselves.
-Batch-mates must share a task (language and hotwords: one `transcribe` call takes one prompt), so a batch splits into
+Batch-mates must share a task (language, hotwords and whether token times are asked: one `transcribe` call takes one
+prompt), so a batch splits into
 one model call per task. A full queue turns a request away at once (`QueueFull`) rather than making it wait unseen.
 """
 
@@ -32,10 +33,11 @@ class QueueFull(Exception):
 
 @dataclass(frozen=True)
 class Task:
-    """What batch-mates share: the prompt."""
+    """What batch-mates share: the prompt, and whether they want token times."""
 
     language: str | None
     hotwords: tuple[str, ...]
+    timestamps: bool = False
 
 
 @dataclass
@@ -63,11 +65,13 @@ class BatchingQueue:
     def start(self) -> None:
         self._collector = asyncio.get_running_loop().create_task(self._run())
 
-    async def submit(self, waveform: np.ndarray, language: str | None, hotwords: Sequence[str]) -> Transcript:
-        """The transcript of `waveform` once its batch has run; QueueFull when the queue is full. An exception of
-        the model call (a hotword spelling a control token, for one) is raised here, in every batch-mate's request
-        of the same task."""
-        job = Job(waveform, Task(language, tuple(hotwords)), asyncio.get_running_loop().create_future())
+    async def submit(
+        self, waveform: np.ndarray, language: str | None, hotwords: Sequence[str], timestamps: bool = False
+    ) -> Transcript:
+        """The transcript of `waveform` (with its token times if `timestamps`) once its batch has run; QueueFull when
+        the queue is full. An exception of the model call (a hotword spelling a control token, for one) is raised
+        here, in every batch-mate's request of the same task."""
+        job = Job(waveform, Task(language, tuple(hotwords), timestamps), asyncio.get_running_loop().create_future())
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
@@ -117,7 +121,12 @@ class BatchingQueue:
         began = time.perf_counter()
         try:
             transcripts = await asyncio.get_running_loop().run_in_executor(
-                self._worker, self._transcribe, [job.waveform for job in jobs], task.language, task.hotwords
+                self._worker,
+                self._transcribe,
+                [job.waveform for job in jobs],
+                task.language,
+                task.hotwords,
+                task.timestamps,
             )
         except Exception as error:  # the request's fault or the model's: every batch-mate gets it, the server goes on
             for job in jobs:

@@ -9,52 +9,16 @@ import pytest
 import torch
 from transformers import AutoModelForSpeechSeq2Seq
 
-from funasr_swap.base import tiny_base
 from funasr_swap.convert import convert_checkpoint, load_base
-from funasr_swap.ctc_branch import CTC_BRANCH_FILE, read_ctc_branch
+from funasr_swap.ctc_branch import CTC_BRANCH_FILE, CTC_TOKENIZER_DIR, read_ctc_branch
 from funasr_swap.data import Utterance
 from funasr_swap.swap import swap_llm
 from funasr_swap.vocab_init import VocabInitSettings
 from tests.conftest import real_tokenizer, write_tone
-from tests.funasr_swap.test_convert import original_yaml, to_original, variant, write_original
-
-
-@pytest.fixture(scope="module")
-def branch_source():
-    """A CTC branch of the real structure, as modules: the decoder (a tiny adaptor) and its output layer."""
-    decoder = tiny_base(seed=5)[0].model.multi_modal_projector.eval()
-    torch.manual_seed(5)
-    output = torch.nn.Linear(decoder.config.hidden_size, len(real_tokenizer("qwen3")) + 1)  # the blank last
-    return decoder, output
-
-
-@pytest.fixture(scope="module")
-def original_with_ctc(branch_source, tmp_path_factory):
-    base, _ = tiny_base(seed=0)
-    plain = write_original(base, tmp_path_factory.mktemp("orig") / "plain")
-    decoder, output = branch_source
-    renamed = to_original({f"model.multi_modal_projector.{k}": v for k, v in decoder.state_dict().items()}, base.config)
-    state = to_original(base.state_dict(), base.config)
-    state |= {k.replace("audio_adaptor.", "ctc_decoder."): v for k, v in renamed.items()}
-    state |= {"ctc.ctc_lo.weight": output.weight.detach(), "ctc.ctc_lo.bias": output.bias.detach()}
-    conf = original_yaml(base.config)
-    adaptor = decoder.config
-    conf["ctc_decoder_conf"] = {
-        "downsample_rate": 1, "ffn_dim": adaptor.projector_hidden_size, "llm_dim": adaptor.hidden_size,
-        "encoder_dim": decoder.linear_1.in_features, "n_layer": adaptor.num_hidden_layers,
-        "attention_heads": adaptor.num_attention_heads,
-    }  # fmt: skip
-    folder = tmp_path_factory.mktemp("orig") / "with-ctc"
-    return variant(plain, folder, **{"model.pt": {"state_dict": state}, "config.yaml": conf})
-
-
-@pytest.fixture(scope="module")
-def converted(original_with_ctc, tmp_path_factory):
-    return convert_checkpoint(original_with_ctc, tmp_path_factory.mktemp("hf") / "hf", dtype=torch.float32)
 
 
 def test_convert_keeps_the_ctc_branch_beside_a_folder_that_loads_as_before(converted):
-    assert (converted / CTC_BRANCH_FILE).is_file()
+    assert (converted / CTC_BRANCH_FILE).is_file() and (converted / CTC_TOKENIZER_DIR / "tokenizer.json").is_file()
     model = AutoModelForSpeechSeq2Seq.from_pretrained(converted)  # stock loading: the sidecar is not read
     assert not any("ctc" in key for key in model.state_dict())
 
@@ -88,6 +52,20 @@ def test_the_vocab_initialisation_reads_frames_by_the_branch(converted, tmp_path
     numbers = result.report.vocab_init
     assert numbers["read_by_ctc_branch"] == 1.0 and numbers["fit_error_after"] < numbers["fit_error_before"]
     assert numbers["carried_tokens"] > 100_000  # the branch's vocabulary (Qwen3's) carried into Llama-3's
+    untokenized = read_ctc_branch(converted)
+    assert untokenized.tokenizer is not None  # the folder's ctc_tokenizer/
+    untokenized.tokenizer = None
     with pytest.raises(ValueError, match="no tokenizer"):
         swap_llm(model, processor, "Llama-3.2-1B", strategy="vocab", random_weights="tiny", clips=clips,
-                 ctc_branch=read_ctc_branch(converted))  # fmt: skip
+                 ctc_branch=untokenized)  # fmt: skip
+
+
+@pytest.mark.slow  # a swap through the CLI, about 20 s on 2 cores
+def test_a_swap_carries_the_branch_and_its_tokenizer(converted, tmp_path):
+    from tests.funasr_swap.test_cli import invoke
+
+    out = tmp_path / "swapped"
+    result = invoke("swap", "--model", converted, "--llm", "Llama-3.2-1B", "--random-weights", "tiny", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert (out / CTC_BRANCH_FILE).read_bytes() == (converted / CTC_BRANCH_FILE).read_bytes()
+    assert read_ctc_branch(out).tokenizer.get_vocab() == real_tokenizer("qwen3").get_vocab()

@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -231,7 +232,7 @@ def test_the_queue_batches_by_task_and_turns_away_what_does_not_fit():
     calls: list[tuple[int, str | None, tuple[str, ...]]] = []
     release = threading.Event()
 
-    def model_call(waveforms, language, hotwords):
+    def model_call(waveforms, language, hotwords, timestamps):
         release.wait(5)
         calls.append((len(waveforms), language, tuple(hotwords)))
         return [f"{len(w)} {language}" for w in waveforms]
@@ -316,7 +317,33 @@ def test_an_export_is_served_with_the_edge_runtimes_text(tiny_export):
         (model,) = client.models.list()
         assert model.id == tiny_export.name
         texts = [client.audio.transcriptions.create(model=model.id, file=("a.wav", clip)).text for clip in clips]
+        with pytest.raises(openai.BadRequestError, match=r"the export has no CTC branch \(ctc.onnx\)"):
+            client.audio.transcriptions.create(
+                model=model.id, file=("a.wav", clips[0]), response_format="verbose_json",
+                timestamp_granularities=["word"],
+            )  # fmt: skip
     assert texts == wanted
+
+
+@pytest.mark.slow
+def test_an_export_with_the_ctc_branch_is_served_with_the_edge_runtimes_words(timestamped_export, clips):
+    from funasr_swap.edge import transcribe as edge_transcribe
+    from funasr_swap.serve.recognizers import edge_recognizer
+    from funasr_swap.timestamps import words_of
+
+    wanted = edge_transcribe(timestamped_export, clips[:2], max_new_tokens=MAX_NEW_TOKENS, timestamps=True)
+    config = ServeConfig(port=0, max_new_tokens=MAX_NEW_TOKENS)
+    app = build_app(edge_recognizer(timestamped_export, MAX_NEW_TOKENS, config.max_audio_seconds), config)
+    with running(app, bind(config)) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        for clip, transcript in zip(clips, wanted):
+            got = client.audio.transcriptions.create(
+                model=timestamped_export.name, file=("a.wav", clip), response_format="verbose_json",
+                timestamp_granularities=["word"],
+            )  # fmt: skip
+            assert got.words and [(w.word, w.start, w.end) for w in got.words] == [
+                (w.token, pytest.approx(w.start), pytest.approx(w.end)) for w in words_of(transcript.timestamps)
+            ]
 
 
 def test_the_servers_limits_default_to_the_demos():
@@ -372,3 +399,52 @@ def test_the_commands_help_teaches_the_endpoint():
     for taught in ("POST /v1/audio/transcriptions", "response_format", "verbose_json", "curl http://127.0.0.1:8000",
                    "client.audio.transcriptions.create("):  # fmt: skip
         assert taught in result.output, taught
+
+
+def test_verbose_json_words_are_the_transcripts_token_times_merged_into_words(timestamped_folder, clips):
+    from funasr_swap.convert import load_base
+    from funasr_swap.ctc_branch import read_ctc_branch
+    from funasr_swap.timestamps import words_of
+
+    model, processor = load_base(timestamped_folder)
+    branch = read_ctc_branch(timestamped_folder)
+    expected = transcribe(model, processor, clips[:2], max_new_tokens=MAX_NEW_TOKENS, timestamps=True)
+    config = dataclasses.replace(CONFIG, max_wait_ms=0)
+    app = build_app(pytorch_recognizer(model, processor, "tiny", MAX_NEW_TOKENS, 5.0, branch), config)
+    with running(app, bind(config)) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        for clip, transcript in zip(clips, expected):
+            got = client.audio.transcriptions.create(
+                model="tiny", file=("a.wav", clip), response_format="verbose_json", timestamp_granularities=["word"]
+            )  # fmt: skip
+            assert got.words, "the tiny model answered nothing: nothing to time"
+            assert [(w.word, w.start, w.end) for w in got.words] == [
+                (w.token, pytest.approx(w.start), pytest.approx(w.end)) for w in words_of(transcript.timestamps)
+            ]
+            assert got.text == transcript.text
+        with pytest.raises(openai.BadRequestError, match="segment timestamps are not served"):
+            client.audio.transcriptions.create(model="tiny", file=("a.wav", clips[0]), response_format="verbose_json",
+                                               timestamp_granularities=["word", "segment"])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "granularities, response_format, message",
+    [
+        (["word"], "json", "timestamp_granularities needs response_format verbose_json, got 'json'"),
+        (["words"], "verbose_json", "timestamp_granularities 'words' is not one of word, segment"),
+    ],
+)
+def test_timestamp_granularities_outside_verbose_json_words_are_a_400(client, clips, granularities, response_format,
+                                                                      message):  # fmt: skip
+    with pytest.raises(openai.BadRequestError, match=re.escape(message)):
+        client.audio.transcriptions.create(model="tiny", file=("a.wav", clips[0]), response_format=response_format,
+                                           timestamp_granularities=granularities)  # fmt: skip
+
+
+def test_timestamps_of_a_model_without_the_ctc_branch_are_a_400(client, clips):
+    with pytest.raises(openai.BadRequestError, match="no timestamps from 'tiny': the model has no CTC branch"):
+        client.audio.transcriptions.create(
+            model="tiny", file=("a.wav", clips[0]), response_format="verbose_json", timestamp_granularities=["word"]
+        )  # fmt: skip
+    plain = client.audio.transcriptions.create(model="tiny", file=("a.wav", clips[0]), response_format="verbose_json")
+    assert plain.words is None  # not asked: not given

@@ -95,3 +95,16 @@ def copy_export(export: Path, folder: Path, **edge_json) -> Path:
     path = folder / "edge.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), **edge_json}))
     return folder
+
+
+# the start of a script for a fresh interpreter where importing torch or transformers fails (`python -c`)
+WITHOUT_TORCH = """
+import sys
+
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "transformers"):
+            raise ImportError(name + " is not importable here")
+
+sys.meta_path.insert(0, Refuse())
+"""

@@ -17,7 +17,7 @@ from funasr_swap import edge
 from funasr_swap.audio import load_audio
 from funasr_swap.convert import load_base
 from funasr_swap.transcribe import prompt_ids, transcribe, transcription_inputs
-from tests.funasr_swap.edge.conftest import MODELS, RANDOM_SWAPS, WORLD_FAMILIES
+from tests.funasr_swap.edge.conftest import MODELS, RANDOM_SWAPS, WITHOUT_TORCH, WORLD_FAMILIES
 
 pytestmark = pytest.mark.slow
 MAX_NEW_TOKENS = 16
@@ -159,15 +159,7 @@ def test_clips_decoded_together_answer_as_alone_each_stopping_at_its_own_step(ti
 def test_the_edge_runtime_never_imports_torch(export, test_clips):
     """In a fresh interpreter where importing torch (or transformers) fails, the edge package loads a model and
     transcribes; torch is not in sys.modules afterwards."""
-    script = textwrap.dedent("""
-        import sys
-
-        class Refuse:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("torch", "transformers"):
-                    raise ImportError(name + " is not importable here")
-
-        sys.meta_path.insert(0, Refuse())
+    script = WITHOUT_TORCH + textwrap.dedent("""
         from funasr_swap import edge
 
         results = edge.transcribe(sys.argv[1], sys.argv[2:], max_new_tokens=4)
