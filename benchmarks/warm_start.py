@@ -30,7 +30,7 @@ from environment import device_info, write_results  # benchmarks/environment.py:
 from funasr_swap.miniature import FAMILY_LLMS, MiniatureConfig, cached_run, load_corpus, read_index
 from funasr_swap.miniature.config import ADAPTOR_INITS, DEFAULT_FAMILIES
 from funasr_swap.miniature.report import build_environment
-from funasr_swap.miniature.runs import retrain_adaptor, swap_into
+from funasr_swap.miniature.runs import first_step_at_most, retrain_adaptor, swap_into
 
 TRANSCRIPTS = 3  # valid clips whose zero-shot transcripts are kept
 # How the vocab initialisation's settings were chosen (seed 0's Llama-3.2 swap, zero-shot valid CER; one thread)
@@ -74,7 +74,7 @@ def measure(world: World, family: str, init: str, train: bool, runs: Path, confi
         record = json.loads(cache.read_text())
         if record["trained"] or not train:
             return record
-    from funasr_swap.train import evaluate
+    from funasr_swap.training import evaluate
 
     data = load_corpus(world.corpus, config)
     began = time.perf_counter()
@@ -103,11 +103,6 @@ def measure(world: World, family: str, init: str, train: bool, runs: Path, confi
     return record
 
 
-def steps_to(curve: list[tuple[int, float]], cer: float) -> int | None:
-    """The first validation step whose CER is at most `cer` (step 0: right after the swap), or None."""
-    return next((step for step, value in curve if value <= cer + 1e-12), None)
-
-
 def summary(records: list[dict]) -> list[dict]:
     """Per family and initialisation: zero-shot valid CER, steps to fresh's final valid CER, test CER over seeds."""
     fresh_final = {
@@ -124,7 +119,8 @@ def summary(records: list[dict]) -> list[dict]:
                 "family": family, "init": init, "zero_shot": [r["zero_shot_cer"] for r in mine],
                 "zero_shot_seeds": [r["seed"] for r in mine], "trained_seeds": [r["seed"] for r in trained],
                 "steps_to_fresh_final": [
-                    steps_to([(0, r["start_cer"]), *r["curve"]], fresh_final[(r["seed"], family)]) for r in trained
+                    first_step_at_most([(0, r["start_cer"]), *r["curve"]], fresh_final[(r["seed"], family)])
+                    for r in trained
                 ],
                 "test": [r["test_cer"] for r in trained],
                 "swap_seconds": [r["swap_seconds"] for r in mine],

@@ -102,7 +102,7 @@ def _against_fresh(runs: list[RunResult]) -> list[str]:
         final = [r["valid/cer"] for r in fresh.history if "valid/cer" in r][-1]
         fresh_steps = fresh.steps_to(final)
         for other in others:
-            steps = 0 if other.start_cer is not None and other.start_cer <= final else other.steps_to(final)
+            steps = other.steps_to(final)
             init = other.strategy
             if steps is None:
                 reached = f"reached by fresh at step {fresh_steps}, never by {init}: no speed-up"
@@ -124,9 +124,7 @@ def cer_figure(runs: list[RunResult]) -> Figure:
     fig = Figure(figsize=(11, 4), layout="tight")
     ax_base, ax_swap = fig.subplots(1, 2)
     for run in runs:
-        points = [(r["step"], r["valid/cer"]) for r in run.history if "valid/cer" in r]
-        if run.start_cer is not None:
-            points.insert(0, (0, run.start_cer))
+        points = run.valid_curve
         ax = ax_base if run.strategy == "joint" else ax_swap
         style = {"fresh": "--", "vocab": ":"}.get(run.strategy, "-")
         ax.plot(*zip(*points), style, marker="o", markersize=3, label=run.name)

@@ -18,7 +18,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -83,9 +83,20 @@ class RunResult:
     test_wer: float
     history: list[dict]  # the trainer's metrics.jsonl records
 
+    @property
+    def valid_curve(self) -> list[tuple[int, float]]:
+        """(step, validation CER) in order; step 0 is `start_cer` where there is one (a swap, before training)."""
+        start = [] if self.start_cer is None else [(0, self.start_cer)]
+        return start + [(r["step"], r["valid/cer"]) for r in self.history if "valid/cer" in r]
+
     def steps_to(self, cer: float) -> int | None:
-        """The first validation step whose CER is at most `cer`, or None."""
-        return next((r["step"] for r in self.history if r.get("valid/cer", math.inf) <= cer), None)
+        """The first step of `valid_curve` whose CER is at most `cer` (0: right after the swap), or None."""
+        return first_step_at_most(self.valid_curve, cer)
+
+
+def first_step_at_most(curve: Iterable[tuple[int, float]], cer: float) -> int | None:
+    """The first step of `curve` ((step, validation CER) pairs, in order) whose CER is at most `cer`, or None."""
+    return next((step for step, value in curve if value <= cer), None)
 
 
 def load_corpus(folder: str | os.PathLike, config: MiniatureConfig) -> dict[str, list]:
