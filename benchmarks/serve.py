@@ -140,7 +140,7 @@ def serve_levels(
     log = Path(tempfile.mkstemp(prefix="serve-", suffix=".log")[1])
     server = Server(folder, args, log)
     try:
-        load_level(server.url, clips, 1, 2)  # warm-up: first requests load lazy parts
+        load_level(server.url, clips, max(args.concurrency), max(args.concurrency))  # warm-up, as offline
         for concurrency in args.concurrency:
             seen = len(server.batch_sizes())
             wall, latencies, answers = load_level(server.url, clips, concurrency, args.requests)
@@ -195,7 +195,9 @@ def measure(folder: Path, model, processor, clips: list[bytes], args: argparse.N
     one-by-one baseline may run over fewer clips)."""
     audio_seconds = [soundfile.info(io.BytesIO(clip)).duration for clip in clips]
     baseline_clips = clips[: args.baseline_clips or len(clips)]
-    transcribe(model, processor, clips[:2], batch_size=2, max_new_tokens=args.max_new_tokens, progress=False)  # warm
+    # warm-up at the largest batch: a GPU's first batches of a shape find no kernels, plans or memory ready
+    transcribe(model, processor, clips[: args.max_batch_size], batch_size=args.max_batch_size,
+               max_new_tokens=args.max_new_tokens, progress=False)  # fmt: skip
     batched, texts = offline(model, processor, clips, args.max_batch_size, args.max_new_tokens)
     one_by_one, _ = offline(model, processor, baseline_clips, 1, args.max_new_tokens)
     server_levels = serve_levels(folder, clips, audio_seconds, texts, args)
