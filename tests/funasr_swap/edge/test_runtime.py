@@ -11,16 +11,13 @@ import textwrap
 
 import numpy as np
 import pytest
-import torch
 
 from funasr_swap import edge
 from funasr_swap.audio import load_audio
-from funasr_swap.convert import load_base
-from funasr_swap.transcribe import prompt_ids, transcribe, transcription_inputs
-from tests.funasr_swap.edge.conftest import MODELS, RANDOM_SWAPS, WORLD_FAMILIES
+from funasr_swap.transcribe import prompt_ids
+from tests.funasr_swap.edge.conftest import MAX_NEW_TOKENS, MODELS, RANDOM_SWAPS, WORLD_FAMILIES
 
 pytestmark = pytest.mark.slow
-MAX_NEW_TOKENS = 16
 # (language, hotwords, itn): prompts without hotwords come from edge.json, the others from llama.cpp's tokenizer
 TASKS = [
     (None, (), True),
@@ -31,8 +28,8 @@ TASKS = [
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_prompts_equal_the_processors_id_for_id(name, edge_sources, export):
-    _, processor = load_base(edge_sources[name])
+def test_prompts_equal_the_processors_id_for_id(name, pytorch_model, export):
+    _, processor = pytorch_model(name)
     with edge.EdgeModel(export(name, "f32")) as model:
         for language, hotwords, itn in TASKS:
             assert model.prompt(language, hotwords, itn) == prompt_ids(processor, language, hotwords, itn)
@@ -41,10 +38,9 @@ def test_prompts_equal_the_processors_id_for_id(name, edge_sources, export):
 @pytest.mark.parametrize("name", WORLD_FAMILIES)
 @pytest.mark.parametrize("outtype", ["f32", "f16"])
 @pytest.mark.parametrize("batch_size", [1, 2])  # 2: the quick world's 3 test clips make a full and a part batch
-def test_transcripts_equal_pytorchs(name, outtype, batch_size, edge_sources, export, test_clips):
-    model, processor = load_base(edge_sources[name])
+def test_transcripts_equal_pytorchs(name, outtype, batch_size, pytorch_transcripts, export, test_clips):
     for language, hotwords, itn in TASKS[:3]:
-        expected = transcribe(model, processor, test_clips, language, hotwords, itn, max_new_tokens=MAX_NEW_TOKENS)
+        expected = pytorch_transcripts(name, (language, hotwords, itn))
         got = edge.transcribe(export(name, outtype), test_clips, language, hotwords, itn, MAX_NEW_TOKENS,
                               batch_size=batch_size)  # fmt: skip
         assert [t.text for t in got] == [t.text for t in expected]
@@ -56,29 +52,17 @@ def test_transcripts_equal_pytorchs(name, outtype, batch_size, edge_sources, exp
 LOGIT_TOLERANCE = {"f32": 5e-3, "f16": 2e-2}  # the worst step measured: 2.2e-3 (f32, random Gemma-2)
 
 
-def pytorch_steps(model, processor, waveform, language=None, hotwords=(), itn=True):
-    """PyTorch's greedy answer ids (stop id included) and the logits `(steps, vocab)` each was chosen from."""
-    inputs = transcription_inputs(processor, [waveform], language, hotwords, itn)
-    with torch.inference_mode():
-        out = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False, output_logits=True,
-                             return_dict_in_generate=True)  # fmt: skip
-    ids = out.sequences[0, inputs["input_ids"].shape[1] :].tolist()
-    return ids, torch.stack([step[0] for step in out.logits]).float().numpy()
-
-
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("outtype", ["f32", "f16"])
-def test_logits_follow_pytorchs_along_its_greedy_answer(name, outtype, edge_sources, export, test_clips):
+def test_logits_follow_pytorchs_along_its_greedy_answer(name, outtype, pytorch_answer, export, test_clips):
     """Fed PyTorch's own answer token by token, llama.cpp's logits stay within the tolerance at every step: what
     equal transcripts rest on, checked also where the answers are not varied (the quick world's Gemma-2 stops at
     once) and where a random model's top two logits tie closer than float rounding."""
-    model, processor = load_base(edge_sources[name])
     with edge.EdgeModel(export(name, outtype)) as loaded:
-        before, after = loaded.prompt(None, (), True)
+        before, after = loaded.prompt(*TASKS[0])
         for clip in test_clips:
-            waveform = load_audio(clip)
-            ids, expected = pytorch_steps(model, processor, waveform)
-            rows = loaded.audio_rows(waveform)
+            ids, expected = pytorch_answer(name, clip, TASKS[0])
+            rows = loaded.audio_rows(load_audio(clip))
             got = [loaded.prefill(before, rows, after, room=len(ids))]
             for position, token in enumerate(ids[:-1], start=len(before) + len(rows) + len(after)):
                 loaded._decode_ids([token], position, True)
@@ -89,20 +73,18 @@ def test_logits_follow_pytorchs_along_its_greedy_answer(name, outtype, edge_sour
 
 @pytest.mark.parametrize("name", RANDOM_SWAPS)
 @pytest.mark.parametrize("outtype", ["f32", "f16"])
-def test_random_swaps_answer_as_pytorch_up_to_ties(name, outtype, edge_sources, export, test_clips):
+def test_random_swaps_answer_as_pytorch_up_to_ties(name, outtype, pytorch_answer, export, test_clips):
     """Random weights put the top two logits within float rounding of each other now and then (the random Gemma-2:
     2e-4 apart, measured): the edge answer equals PyTorch's up to the first step whose top two logits are closer
     than the tolerance, if any."""
-    model, processor = load_base(edge_sources[name])
     with edge.EdgeModel(export(name, outtype)) as loaded:
-        for language, hotwords, itn in TASKS[:3]:
-            before, after = loaded.prompt(language, hotwords, itn)
+        for task in TASKS[:3]:
+            before, after = loaded.prompt(*task)
             for clip in test_clips:
-                waveform = load_audio(clip)
-                expected, logits = pytorch_steps(model, processor, waveform, language, hotwords, itn)
+                expected, logits = pytorch_answer(name, clip, task)
                 stops = set(loaded.config.stop_ids)
                 expected = expected[: next((k for k, t in enumerate(expected) if t in stops), len(expected))]
-                got = loaded.generate(before, loaded.audio_rows(waveform), after, MAX_NEW_TOKENS)
+                got = loaded.generate(before, loaded.audio_rows(load_audio(clip)), after, MAX_NEW_TOKENS)
                 pairs = itertools.zip_longest(got, expected)  # a missing token: one side stopped there
                 split = next((k for k, (a, b) in enumerate(pairs) if a != b), None)
                 if split is None:
@@ -113,10 +95,9 @@ def test_random_swaps_answer_as_pytorch_up_to_ties(name, outtype, edge_sources, 
 
 @pytest.mark.parametrize("name", WORLD_FAMILIES)
 @pytest.mark.parametrize("outtype", ["q8_0", "q4_k_m"])
-def test_quantized_transcribes_and_its_agreement_is_reported(name, outtype, edge_sources, export, test_clips,
+def test_quantized_transcribes_and_its_agreement_is_reported(name, outtype, pytorch_transcripts, export, test_clips,
                                                              record_property):  # fmt: skip
-    model, processor = load_base(edge_sources[name])
-    expected = [t.text for t in transcribe(model, processor, test_clips, max_new_tokens=MAX_NEW_TOKENS)]
+    expected = [t.text for t in pytorch_transcripts(name, TASKS[0])]
     got = [t.text for t in edge.transcribe(export(name, outtype), test_clips, max_new_tokens=MAX_NEW_TOKENS)]
     agreement = sum(a == b for a, b in zip(got, expected))
     record_property(f"{outtype}_equal_transcripts", f"{agreement}/{len(expected)}")
