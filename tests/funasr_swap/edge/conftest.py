@@ -23,6 +23,9 @@ RANDOM_SWAPS = {
 }
 WORLD_FAMILIES = ("qwen3", "llama3", "gemma2", "deepseek-v2")
 MODELS = (*WORLD_FAMILIES, *RANDOM_SWAPS)
+# the random Gemma-2 with its final norm 40x: logits up to 25, where the soft-cap (30 tanh(x / 30)) bends them; the
+# other models' logits stay near 1, where the cap is the identity within 4e-4 and a dropped cap would not show
+AT_THE_CAP = "Gemma-2-2B random at its soft-cap"
 MAX_NEW_TOKENS = 16
 Task = tuple[str | None, tuple[str, ...], bool]  # (language, hotwords, itn): hashable, a cache key
 
@@ -40,6 +43,10 @@ def edge_sources(quick_world, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("random-swaps")
     for name, llm in RANDOM_SWAPS.items():
         folders[name] = swap_llm(model, processor, llm, random_weights="tiny").save(root / llm)
+    capped = swap_llm(model, processor, "Gemma-2-2B", random_weights="tiny")
+    norm = capped.model.model.language_model.norm.weight  # Gemma's RMSNorm multiplies by 1 + weight
+    norm.data = 40 * (1 + norm.data) - 1
+    folders[AT_THE_CAP] = capped.save(root / "Gemma-2-2B-capped")
     return folders
 
 
