@@ -1,8 +1,9 @@
 """Exports of every family, built once per session: the quick world's trained swaps (Qwen3, Llama-3, Gemma-2,
 DeepSeek-V2) and tiny random-weight swaps of its base (Gemma-2 again, whose quick-world swap answers nothing, and the
-DeepSeek families the quickstart does not build), each exported on first use per GGUF type; and PyTorch's side of
-every comparison (the loaded model, its transcripts, its greedy answers with their logits), computed once per model
-and task however many outtypes and batch sizes are compared against it."""
+DeepSeek families the quickstart does not build; that Gemma-2 once more with its logits at the soft-cap), each
+exported on first use per GGUF type; and PyTorch's side of every comparison (the loaded model, its transcripts, its
+greedy answers with their logits), computed once per model and task however many outtypes and batch sizes are
+compared against it."""
 
 from __future__ import annotations
 
