@@ -442,9 +442,14 @@ def test_export_bad_inputs_are_one_line_and_write_nothing(base, exported, tmp_pa
     blocked.write_text("")
     assert_error(invoke("export", base, "-o", blocked / "edge"), "is a file")
 
+    def audio_tower_written(model, processor, path):  # as export_onnx leaves it, without the ONNX export's time
+        path.write_bytes(b"onnx")
+        return 0.0
+
     def converter_fails(*args, **kwargs):
         raise ValueError("llama.cpp's converter failed on the qwen3 LLM: KeyError: 'x'")
 
+    monkeypatch.setattr("funasr_swap.export.export_onnx", audio_tower_written)  # a half-written export to clean up
     monkeypatch.setattr("funasr_swap.export.write_gguf", converter_fails)
     assert_error(invoke("export", base, "-o", tmp_path / "half"), "converter failed on the qwen3 LLM", alone=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "empty"]  # nothing half-written beside it
