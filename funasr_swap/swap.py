@@ -183,7 +183,8 @@ def _target_llm(
     target: str | os.PathLike, random_weights: RandomWeights | None, seed: int
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, LLMSpec | None, str]:
     """(causal LM, its tokenizer, registry entry, display name) for a local folder, or for a registry name with
-    `random_weights` (`check_target`). Each call loads or builds a new model: the swap owns it."""
+    `random_weights` (`check_target`). Each call loads or builds a new model and loads a new tokenizer: the swap owns
+    them (its `add` markers change the tokenizer; a copy of a 256k-token tokenizer costs as much as loading it)."""
     spec = check_target(target, random_weights)
     if spec is None:
         loaded = load_llm(target)
@@ -256,8 +257,7 @@ def swap_llm(
             not a usable model, the report says so. A real shape that this machine's free memory cannot hold
             raises MemoryError before anything is allocated.
     """
-    llm, tokenizer, spec, target_name = _target_llm(target, random_weights, seed)
-    tokenizer = copy.deepcopy(tokenizer)  # `add` markers mutate it
+    llm, tokenizer, spec, target_name = _target_llm(target, random_weights, seed)  # `add` markers mutate the tokenizer
     family: ChatFamily = get_family(spec.family) if spec else detect_family(tokenizer)
     source_family = read_chat_setup(processor.tokenizer, processor.audio_token).family
     same_vocabulary = tokenizer_fingerprint(processor.tokenizer) == tokenizer_fingerprint(tokenizer)

@@ -18,6 +18,26 @@ def real_tokenizer(name: str):
     return load_tokenizer(name)
 
 
+@functools.cache
+def shared_tiny_base():
+    """`funasr_swap.base.tiny_base(seed=0)`, made once per process for the modules that read it (`tiny_swap`'s
+    base); tests never change it."""
+    from funasr_swap.base import tiny_base
+
+    return tiny_base(seed=0)
+
+
+@functools.cache
+def tiny_swap(target: str, strategy: str = "fresh"):
+    """`swap_llm` of `shared_tiny_base()` into registry `target` with tiny random weights (seed 0, the family's default
+    markers), made once per process and read by several modules (a Gemma-2 swap takes ~15 s, mostly loading its
+    256k-token tokenizer). Tests never change it: one that trains or rewrites the model deep-copies it first."""
+    from funasr_swap.swap import swap_llm
+
+    model, processor = shared_tiny_base()
+    return swap_llm(model, processor, target, strategy=strategy, random_weights="tiny")
+
+
 @pytest.fixture(scope="session")
 def qwen3_tokenizer():
     return real_tokenizer("qwen3")
@@ -100,6 +120,14 @@ def tiny_export(tiny_base_folder, tmp_path_factory):
     last = result.stdout.strip().splitlines()[-1]
     assert last.startswith(f"wrote {folder}: ") and "(qwen3, f32), audio tower + adaptor max error" in last
     return folder
+
+
+def onnx_stand_in(model, processor, path) -> float:
+    """`funasr_swap.export.export_onnx`'s stand-in (monkeypatched) for the tests whose claim is not the audio tower's
+    ONNX export (the export and edge tests run it, ~15 s each): writes a placeholder file where the export writes
+    its file, and reports no error."""
+    path.write_bytes(b"onnx stand-in")
+    return 0.0
 
 
 def write_tone(path, seconds: float, freq: float = 220.0, rate: int = 16000):

@@ -222,9 +222,13 @@ def test_swap_with_random_weights_says_so_loudly(base, tmp_path):
     assert len(report["added_token_ids"]) == 3
 
 
-def test_swap_with_the_vocab_init_reads_the_clips_of_a_manifest(base, tmp_path):
+def test_swap_with_the_vocab_init_reads_the_clips_of_a_manifest(base, tmp_path, monkeypatch):
+    from funasr_swap.swap import swap_llm
+    from funasr_swap.vocab_init import VocabInitSettings
     from tests.conftest import write_tone
 
+    # the fit's length is the library's to test (test_vocab_init): here 3 Adam steps instead of the default 600
+    monkeypatch.setitem(swap_llm.__kwdefaults__, "vocab", VocabInitSettings(steps=3))
     lines = []
     for i, text in enumerate(["hello world", "the cat sat"]):
         write_tone(tmp_path / f"{i}.wav", 0.8 + 0.2 * i)
@@ -442,9 +446,12 @@ def test_export_bad_inputs_are_one_line_and_write_nothing(base, exported, tmp_pa
     blocked.write_text("")
     assert_error(invoke("export", base, "-o", blocked / "edge"), "is a file")
 
+    from tests.conftest import onnx_stand_in
+
     def converter_fails(*args, **kwargs):
         raise ValueError("llama.cpp's converter failed on the qwen3 LLM: KeyError: 'x'")
 
+    monkeypatch.setattr("funasr_swap.export.export_onnx", onnx_stand_in)  # its file written: a half-done export
     monkeypatch.setattr("funasr_swap.export.write_gguf", converter_fails)
     assert_error(invoke("export", base, "-o", tmp_path / "half"), "converter failed on the qwen3 LLM", alone=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "empty"]  # nothing half-written beside it

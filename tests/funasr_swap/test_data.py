@@ -16,8 +16,7 @@ import torch
 import funasr_swap.data
 from funasr_swap.base import tiny_base
 from funasr_swap.data import AsrCollator, Utterance, bucket_batches, load_manifest, precomputed_audio
-from funasr_swap.swap import swap_llm
-from tests.conftest import real_tokenizer
+from tests.conftest import real_tokenizer, tiny_swap
 from tests.tolerances import assert_log_mels_close
 from tokenmap.families import detect_family
 from tokenmap.prompt import IGNORE_INDEX
@@ -266,12 +265,13 @@ def base():
     return tiny_base(seed=0)
 
 
-@pytest.fixture(scope="module", params=["Qwen3-0.6B", "Llama-3.2-1B", "gemma-2-2b"])
+@pytest.fixture(scope="module", params=["Qwen3-0.6B", "Llama-3.2-1B", "Gemma-2-2B"])
 def model_and_processor(request, base):
-    """The tiny base, and tiny swaps into two other chat families (Gemma-2 has no system role)."""
+    """The tiny base, and tiny swaps into two other chat families (Gemma-2 has no system role; the swaps are the
+    ones other modules read: the tests leave them as they found them)."""
     if request.param == "Qwen3-0.6B":
         return base
-    swapped = swap_llm(*base, request.param, random_weights="tiny")
+    swapped = tiny_swap(request.param)
     return swapped.model, swapped.processor
 
 

@@ -161,7 +161,7 @@ def test_build_and_convert_ids_and_manifest(tmp_path):
     result = invoke("convert", str(map_file), "--manifest", str(bad), "-o", str(out_bad))
     assert result.exit_code == 1 and "bad.jsonl:2" in result.output
     assert not out_bad.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
-    result = invoke("convert", str(map_file), "1", "--src", "gemma2")
+    result = invoke("convert", str(map_file), "1", "--src", "llama3")  # the map's target given as its source
     assert result.exit_code == 1 and "fingerprint" in result.output
 
 

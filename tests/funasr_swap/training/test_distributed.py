@@ -22,41 +22,52 @@ from tests.funasr_swap.training.conftest import CONFIGS, _assert_same_run, _free
 from tests.funasr_swap.training.ddp_worker import run as run_worker
 
 
+def _three_steps(corpus) -> list[str]:
+    """The runs that two processes take below: 3 steps of a batch of 2 each."""
+    return ["--train", str(corpus["train"]), "--steps", "3", "--batch-size", "2"]
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, corpus) -> Path:
+    """The same 3 steps in one process (this one), each of 2 micro-batches of 2: the same global batch; its folder."""
+    out = tmp_path_factory.mktemp("one-process")
+    run_worker([*_three_steps(corpus), "--out", str(out), "--grad-accum", "2"])
+    return out
+
+
 @pytest.mark.slow
-def test_ddp_two_processes_equal_one_with_the_same_global_batch(tmp_path, corpus):
-    common = ["--train", str(corpus["train"]), "--steps", "3", "--batch-size", "2"]
-    ddp = _worker(*common, "--out", str(tmp_path / "ddp"), config="accelerate_ddp.yaml")
+def test_ddp_two_processes_equal_one_with_the_same_global_batch(tmp_path, corpus, one_process):
+    ddp = _worker(*_three_steps(corpus), "--out", str(tmp_path / "ddp"), config="accelerate_ddp.yaml")
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert ddp.stdout.count("llm weight: Parameter (128, 64), local (128, 64)") == 2  # whole on both processes
     assert ddp.stdout.count("distributed: MULTI_CPU") == 2
-    run_worker([*common, "--out", str(tmp_path / "single"), "--grad-accum", "2"])  # one process, in this one
 
     state = json.loads((tmp_path / "ddp" / "checkpoint-3" / "trainer_state.json").read_text())
     assert state["world_size"] == 2
     # float32: the two processes' gradients are summed in another order than one process's
-    _assert_same_run(tmp_path / "ddp", tmp_path / "single", 3, rel=1e-5, atol=1e-5)
+    _assert_same_run(tmp_path / "ddp", one_process, 3, rel=1e-5, atol=1e-5)
 
 
 @pytest.mark.slow
-def test_fsdp_two_processes_shard_the_llm_and_equal_one_process(tmp_path, corpus):
-    common = ["--train", str(corpus["train"]), "--steps", "3", "--batch-size", "2"]
-    fsdp = _worker(*common, "--out", str(tmp_path / "fsdp"), config="accelerate_fsdp.yaml")
+def test_fsdp_two_processes_shard_the_llm_and_equal_one_process(tmp_path, corpus, one_process):
+    fsdp = _worker(*_three_steps(corpus), "--out", str(tmp_path / "fsdp"), config="accelerate_fsdp.yaml")
     assert fsdp.returncode == 0, fsdp.stderr[-3000:]
     # the frozen LLM's weights are split across the two processes (FSDP2's DTensor shards), not copied
     assert fsdp.stdout.count("llm weight: DTensor (128, 64), local (64, 64)") == 2, fsdp.stdout[-2000:]
     assert fsdp.stdout.count("distributed: FSDP") == 2  # Accelerate's FSDP code paths ran (no_sync, clipping)
-    run_worker([*common, "--out", str(tmp_path / "single"), "--grad-accum", "2"])
 
     # the checkpoint holds whole tensors, as one process writes them
-    _assert_same_run(tmp_path / "fsdp", tmp_path / "single", 3, rel=1e-5, atol=1e-5)
-    optimizer, reference = (torch.load(tmp_path / d / f"{CHECKPOINT_PREFIX}3" / "optimizer.pt", weights_only=True)
-                            for d in ("fsdp", "single"))  # fmt: skip
+    _assert_same_run(tmp_path / "fsdp", one_process, 3, rel=1e-5, atol=1e-5)
+    optimizer, reference = (torch.load(folder / f"{CHECKPOINT_PREFIX}3" / "optimizer.pt", weights_only=True)
+                            for folder in (tmp_path / "fsdp", one_process))  # fmt: skip
     assert optimizer["optimizer"]["param_groups"] == reference["optimizer"]["param_groups"]
     for index, moments in reference["optimizer"]["state"].items():
         for key, value in moments.items():
             torch.testing.assert_close(optimizer["optimizer"]["state"][index][key], value, rtol=1e-4, atol=1e-6)
     # the final folder: the whole model, gathered, loadable as the single-process one
-    final, reference_final = (load_base(tmp_path / d / "final")[0].state_dict() for d in ("fsdp", "single"))
+    final, reference_final = (
+        load_base(folder / "final")[0].state_dict() for folder in (tmp_path / "fsdp", one_process)
+    )
     assert final.keys() == reference_final.keys()
     for name, value in reference_final.items():
         torch.testing.assert_close(final[name], value, rtol=0, atol=1e-5, msg=name)
@@ -72,11 +83,11 @@ def test_fsdp_resume_after_sigkill_gives_the_uninterrupted_losses(tmp_path, corp
     assert latest_checkpoint(tmp_path / "run").name == "checkpoint-2"
     assert max(_train_losses(tmp_path / "run")) == 3  # step 3 ran and was logged, then the kill
 
-    resumed = _worker(*common, "--out", str(tmp_path / "run"), "--resume", config="accelerate_fsdp.yaml")
+    # the resume, then in the same two processes the uninterrupted run from the start (train seeds every run)
+    resumed = _worker(*common, "--out", str(tmp_path / "run"), "--resume",
+                      "--uninterrupted", str(tmp_path / "reference"), config="accelerate_fsdp.yaml")  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert resumed.stdout.count("distributed: FSDP") == 2
-    uninterrupted = _worker(*common, "--out", str(tmp_path / "reference"), config="accelerate_fsdp.yaml")
-    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+    assert resumed.stdout.count("distributed: FSDP") == 4  # both runs, on both processes
 
     steps = [r["step"] for r in _log(tmp_path / "run")]
     assert steps == sorted(set(steps)) == [1, 2, 3, 4, 5]  # the killed step 3 is logged once
@@ -118,12 +129,11 @@ BENCHMARK = Path(__file__).parents[3] / "benchmarks" / "train_distributed.py"
 def test_distributed_benchmark_two_fsdp_processes_against_one(tmp_path):
     common = ["--tiny", "--model", "Qwen3-1.7B", "--batch-size", "2", "--steps", "2", "--warmup", "1",
               "--utterances", "16"]  # fmt: skip
-    one = subprocess.run(
-        [sys.executable, str(BENCHMARK), *common, "--grad-accum", "2", "--out", str(tmp_path / "one.json"),
-         "--save-adaptor", str(tmp_path / "one.safetensors")],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert one.returncode == 0, one.stderr[-3000:]
+    from benchmarks.train_distributed import compare, main
+
+    # one process: this one (as the one-process runs of the trainer above)
+    main([*common, "--grad-accum", "2", "--out", str(tmp_path / "one.json"),
+          "--save-adaptor", str(tmp_path / "one.safetensors")])  # fmt: skip
     two = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "accelerate_fsdp.yaml"),
          "--num_processes", "2", "--main_process_port", str(_free_port()), str(BENCHMARK), *common,
@@ -135,8 +145,6 @@ def test_distributed_benchmark_two_fsdp_processes_against_one(tmp_path):
     assert (result["distributed_type"], result["llm_sharded"], result["processes"]) == ("FSDP", True, 2)
     assert result["global_batch"] == json.loads((tmp_path / "one.json").read_text())["global_batch"] == 4
     assert len(result["peak_memory_gb_per_process"]) == 2 and result["samples_per_s"] > 0
-
-    from benchmarks.train_distributed import compare
 
     summary = compare(tmp_path / "one.json", tmp_path / "two.json",
                       adaptors=(tmp_path / "one.safetensors", tmp_path / "two.safetensors"))  # fmt: skip

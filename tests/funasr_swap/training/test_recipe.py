@@ -16,6 +16,7 @@ from funasr_swap.cli import app
 from funasr_swap.convert import load_base
 from funasr_swap.swap import swap_llm
 from funasr_swap.training import LoraSettings, TrainConfig, evaluate, latest_checkpoint, train
+from tests.conftest import shared_tiny_base
 from tests.funasr_swap.training.conftest import _batch, _log, _train_losses
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -134,7 +135,7 @@ def test_lora_run_checkpoints_adapters_and_saves_a_merged_stock_folder(tmp_path,
 
 
 def test_training_a_swaps_encoder_leaves_its_base_unchanged(tmp_path, utterances):
-    base, processor = tiny_base()
+    base, processor = shared_tiny_base()  # the base that other modules read too: nothing may change it
     before = {name: tensor.clone() for name, tensor in base.state_dict().items()}
     swapped = swap_llm(base, processor, "Llama-3.2-1B", random_weights="tiny")
     tower = {name: tensor.clone() for name, tensor in swapped.model.model.audio_tower.state_dict().items()}

@@ -3,6 +3,7 @@ the stock one, compiled layers, what trains."""
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -12,7 +13,6 @@ import pytest
 import torch
 
 from funasr_swap.base import tiny_base
-from funasr_swap.swap import swap_llm
 from funasr_swap.training import LoraSettings, TrainConfig, added_token_ids
 from funasr_swap.training.step import (
     attention_kernels,
@@ -21,6 +21,7 @@ from funasr_swap.training.step import (
     supervised_loss,
     train_mode,
 )
+from tests.conftest import tiny_swap
 from tests.funasr_swap.training.conftest import _batch
 
 COMPILED_WORKER = Path(__file__).with_name("compiled_worker.py")
@@ -40,9 +41,8 @@ def test_supervised_loss_equals_the_models_own_loss(utterances):
 
 
 def test_supervised_loss_keeps_gemma2_soft_capping(utterances):
-    base, base_processor = tiny_base()
-    swapped = swap_llm(base, base_processor, "Gemma-2-2B", random_weights="tiny")
-    model, processor = swapped.model, swapped.processor
+    swapped = tiny_swap("Gemma-2-2B")
+    model, processor = copy.deepcopy(swapped.model), swapped.processor  # the shared swap stays as it is
     with torch.no_grad():
         model.lm_head.weight.mul_(200.0)  # logits far beyond the cap (30), so soft-capping changes the loss
     batch = _batch(processor, utterances["train"][:2])
@@ -150,8 +150,7 @@ def test_lora_trains_only_adapters_and_adaptor(tmp_path):
 
 @pytest.mark.parametrize("target", ["Llama-3.2-1B", "Gemma-2-2B", "DeepSeek-V2-Lite", "DeepSeek-V3"])
 def test_lora_targets_default_to_every_projection_of_the_llm(tmp_path, target):
-    base, processor = tiny_base()
-    model = swap_llm(base, processor, target, random_weights="tiny").model
+    model = copy.deepcopy(tiny_swap(target).model)  # LoRA wraps its layers: the shared swap stays as it is
     linear = {name for name, m in model.model.language_model.named_modules() if isinstance(m, torch.nn.Linear)}
     setup_trainable(model, TrainConfig(output_dir=tmp_path, lora=LoraSettings(r=4)))  # target_modules None
     adapted = {
@@ -172,8 +171,7 @@ def test_lora_targets_default_to_every_projection_of_the_llm(tmp_path, target):
 
 
 def test_added_token_ids_come_from_the_swap_report(tmp_path):
-    model, processor = tiny_base()
-    result = swap_llm(model, processor, "Qwen3-1.7B", markers="add", boundaries=True, random_weights="tiny")
+    result = tiny_swap("DeepSeek-V2-Lite")  # its family's default markers are added ones
     assert result.report.added_token_ids
     result.save(tmp_path / "swapped")
     assert added_token_ids(tmp_path / "swapped") == tuple(result.report.added_token_ids)
