@@ -549,8 +549,9 @@ def synth(
         )  # fmt: skip
     except RuntimeError as error:  # espeak-ng failed on a sentence: its command, status and message
         raise CliError(str(error)) from error
-    table = Table(title=f"{output}: {report.synthesized} clip(s) spoken, {report.reused} reused, "
-                  f"{report.seconds:.1f} s")  # fmt: skip
+    # the counts first: a narrow terminal wraps a long folder name, and they must stay on one line
+    table = Table(title=f"{report.synthesized} clip(s) spoken, {report.reused} reused, {report.seconds:.1f} s: "
+                  f"{output}")  # fmt: skip
     for column in ("split", "language", "utterances", "hours", "manifest"):
         table.add_column(column, justify="right" if column in ("utterances", "hours") else "left")
     for (split, language), count in report.counts.items():

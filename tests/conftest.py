@@ -122,11 +122,13 @@ def tiny_export(tiny_base_folder, tmp_path_factory):
     return folder
 
 
-def onnx_stand_in(model, processor, path) -> float:
+def onnx_stand_in(model, processor, path, ctc_branch=None, ctc_path=None) -> float:
     """`funasr_swap.export.export_onnx`'s stand-in (monkeypatched) for the tests whose claim is not the audio tower's
     ONNX export (the export and edge tests run it, ~15 s each): writes a placeholder file where the export writes
-    its file, and reports no error."""
-    path.write_bytes(b"onnx stand-in")
+    each of its files, and reports no error."""
+    for file in (path, ctc_path if ctc_branch is not None else None):
+        if file is not None:
+            file.write_bytes(b"onnx stand-in")
     return 0.0
 
 

@@ -4,6 +4,7 @@ several modules' tests read, and helpers: reading a run's log, launching ddp_wor
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -92,13 +93,16 @@ def _free_port() -> int:
 def _worker(*args: str, config: str | None = None, processes: int = 2) -> subprocess.CompletedProcess:
     """ddp_worker.py in one process, or with `config` (a file of configs/) in `processes` through `accelerate
     launch`, as a user launches the trainer (without CUDA the trainer runs on the CPU: gloo)."""
+    env = None
     if config is None:
         command = [sys.executable, str(WORKER), *args]
+        # this process's thread count: tests compare the worker's numbers with runs made here, bit for bit
+        env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     else:
         command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / config),
                    "--num_processes", str(processes), "--main_process_port", str(_free_port()),
                    str(WORKER), *args]  # fmt: skip
-    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
 
 
 def _checkpoint_weights(folder: Path, step: int) -> dict[str, torch.Tensor]:
