@@ -156,7 +156,7 @@ def main() -> None:
     index = read_index(args.world)
     chosen = [entry for entry in index if args.models is None or entry.name in args.models]
     result = {
-        "environment": device_info("cpu") | {"threads": args.threads, "shared_machine": True},
+        "environment": device_info("cpu") | {"threads": args.threads},  # the load: per row
         "world": str(args.world),
         "world_clips": sources,
         "commands": [],
