@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from funasr_swap.uploads import MAX_AUDIO_SECONDS, MAX_FILE_SIZE, file_size_bytes
+from funasr_swap.uploads import MAX_AUDIO_SECONDS, MAX_FILE_SIZE, check_positive, file_size_bytes
 
 __all__ = ["DemoConfig"]
 
@@ -28,9 +28,7 @@ class DemoConfig:
     temp_dir: Path | None = None  # every upload and cached file goes here; None: a new folder in the system's temp
 
     def __post_init__(self) -> None:
-        for name in ("max_audio_seconds", "queue_size", "concurrency_limit", "max_new_tokens"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"DemoConfig.{name} must be > 0, got {getattr(self, name)!r}")
+        check_positive(self, "max_audio_seconds", "queue_size", "concurrency_limit", "max_new_tokens")
         if self.max_examples < 0:
             raise ValueError(f"DemoConfig.max_examples must be >= 0, got {self.max_examples}")
         # Gradio checks it only as it starts serving, after the models load

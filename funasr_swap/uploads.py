@@ -7,7 +7,7 @@ import re
 
 from funasr_swap.errors import SettingError
 
-__all__ = ["MAX_AUDIO_SECONDS", "MAX_FILE_SIZE", "file_size_bytes"]
+__all__ = ["MAX_AUDIO_SECONDS", "MAX_FILE_SIZE", "check_positive", "file_size_bytes"]
 
 MAX_FILE_SIZE = "10mb"  # an upload over this is refused before it is read
 MAX_AUDIO_SECONDS = 30.0  # longer audio gets a message, not a transcription
@@ -25,3 +25,11 @@ def file_size_bytes(size: str, owner: str = "") -> int:
             owner=owner, max_file_size=size,
         )  # fmt: skip
     return int(match[1]) * _UNITS[match[2].lower()]
+
+
+def check_positive(settings: object, *names: str) -> None:
+    """ValueError naming the first of `settings`' fields `names` that is not > 0 (the limits the demo and the server
+    both take), with its class and value."""
+    for name in names:
+        if not getattr(settings, name) > 0:
+            raise ValueError(f"{type(settings).__name__}.{name} must be > 0, got {getattr(settings, name)!r}")

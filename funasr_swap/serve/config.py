@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from funasr_swap.asr_io import DEFAULT_MAX_NEW_TOKENS
-from funasr_swap.uploads import MAX_AUDIO_SECONDS, MAX_FILE_SIZE, file_size_bytes
+from funasr_swap.uploads import MAX_AUDIO_SECONDS, MAX_FILE_SIZE, check_positive, file_size_bytes
 
 __all__ = ["ServeConfig"]
 
@@ -26,9 +26,7 @@ class ServeConfig:
     queue_size: int = 64  # requests waiting for the model; more are turned away (503) until some are done
 
     def __post_init__(self) -> None:
-        for name in ("max_audio_seconds", "max_new_tokens", "max_batch_size", "queue_size"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"ServeConfig.{name} must be > 0, got {getattr(self, name)!r}")
+        check_positive(self, "max_audio_seconds", "max_new_tokens", "max_batch_size", "queue_size")
         if self.max_wait_ms < 0:
             raise ValueError(f"ServeConfig.max_wait_ms must be >= 0, got {self.max_wait_ms}")
         file_size_bytes(self.max_file_size, owner="ServeConfig")
