@@ -35,9 +35,9 @@ from transformers import (
     FunAsrNanoProcessor,
 )
 
-from funasr_swap.base import BASE_LLM, tiny_base
+from funasr_swap.base import tiny_base
 from funasr_swap.convert import ADAPTOR_LAYER_NORM_EPS, build_processor, generation_config
-from funasr_swap.llms import count_parameters, text_config
+from funasr_swap.llms import BASE_LLM, count_parameters, text_config
 from funasr_swap.transcribe import transcribe, transcription_inputs
 from tokenmap.assets import resolve_tokenizer_path
 

@@ -19,12 +19,10 @@ from transformers import (
 
 from funasr_swap.compat import fill_gaps
 from funasr_swap.convert import ADAPTOR_LAYER_NORM_EPS, build_processor, generation_config
-from funasr_swap.llms import get_llm, tiny_text_config
+from funasr_swap.llms import BASE_LLM, get_llm, tiny_text_config
 from tokenmap.assets import resolve_tokenizer_path
 
-__all__ = ["BASE_LLM", "tiny_base", "tiny_base_config"]
-
-BASE_LLM = "Qwen3-0.6B"  # the registry name of the base checkpoint's LLM
+__all__ = ["tiny_base", "tiny_base_config"]
 
 
 def tiny_base_config(

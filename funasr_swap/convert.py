@@ -37,6 +37,7 @@ from transformers import (
 from funasr_swap.compat import NO_HUB_KERNELS, fill_gaps
 from funasr_swap.ctc_branch import CTC_BRANCH_FILE, CTC_PREFIXES, copy_ctc_branch, write_ctc_branch
 from funasr_swap.features import load_feature_extractor, load_processor
+from funasr_swap.llms import BASE_LLM, get_llm
 from tokenmap.families import ChatFamily, get_family
 from tokenmap.io import atomic_folder
 from tokenmap.prompt import QWEN3_PLACEHOLDER, build_chat_template
@@ -44,7 +45,6 @@ from tokenmap.prompt import QWEN3_PLACEHOLDER, build_chat_template
 __all__ = [
     "ADAPTOR_LAYER_NORM_EPS",
     "ENCODER_LAYER_NORM_EPS",
-    "FAMILY",
     "LAYER_RENAMES",
     "SKIPPED_PREFIXES",
     "build_processor",
@@ -61,7 +61,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FAMILY = "qwen3"  # the chat family of the base checkpoint's LLM
 ORIGINAL_CONFIG = "config.yaml"
 ORIGINAL_WEIGHTS = "model.pt"
 ORIGINAL_LLM = "Qwen3-0.6B"  # the LLM folder inside an original checkpoint: config.json and tokenizer
@@ -327,7 +326,7 @@ def build_processor(tokenizer_folder: str | Path) -> FunAsrNanoProcessor:
     The tokenizer pads batches on the left by default (batched generation; saved with it), and its chat template is
     the processor's: save_pretrained writes both to the same chat_template.jinja.
     """
-    chat_template = build_chat_template(FAMILY)
+    chat_template = build_chat_template(get_llm(BASE_LLM).family)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder, padding=True, padding_side="left")
     tokenizer.chat_template = chat_template
     return FunAsrNanoProcessor(
@@ -338,7 +337,9 @@ def build_processor(tokenizer_folder: str | Path) -> FunAsrNanoProcessor:
     )
 
 
-def generation_config(tokenizer: PreTrainedTokenizerBase, family: str | ChatFamily = FAMILY) -> GenerationConfig:
+def generation_config(
+    tokenizer: PreTrainedTokenizerBase, family: str | ChatFamily = get_llm(BASE_LLM).family
+) -> GenerationConfig:
     """Greedy decoding that stops at the family's stop tokens (a qwen3 transcription ends with `<|im_end|>`)."""
     stop_ids = [tokenizer.convert_tokens_to_ids(token) for token in get_family(family).stop_tokens]
     return GenerationConfig(eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id, do_sample=False)

@@ -415,6 +415,8 @@ LLMS: dict[str, LLMSpec] = {
     ]
 }
 
+BASE_LLM = "Qwen3-0.6B"  # Fun-ASR-Nano's own LLM, the one a swap replaces (its family: `get_llm(BASE_LLM).family`)
+
 # Every spelling get_llm accepts, lower-cased: short name, HF id, and the HF repo name alone.
 _INDEX: dict[str, LLMSpec] = {
     key.lower(): spec for spec in LLMS.values() for key in (spec.name, spec.hf_id, spec.hf_id.split("/")[-1])

@@ -15,8 +15,7 @@ from transformers import FunAsrNanoConfig, FunAsrNanoEncoderConfig
 from transformers.models.fun_asr_nano.modeling_fun_asr_nano import FunAsrNanoEncoder, FunAsrNanoMultiModalProjector
 
 from funasr_swap.adaptor import adaptor_config_for
-from funasr_swap.base import BASE_LLM
-from funasr_swap.llms import LLMS, count_parameters, get_llm, text_config
+from funasr_swap.llms import BASE_LLM, LLMS, count_parameters, get_llm, text_config
 from tokenmap.families import get_family
 from tokenmap.markers import default_strategy
 

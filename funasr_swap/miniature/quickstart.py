@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from funasr_swap.base import BASE_LLM
+from funasr_swap.llms import BASE_LLM
 from funasr_swap.miniature.config import (
     DEFAULT_FAMILIES,
     FAMILY_LLMS,

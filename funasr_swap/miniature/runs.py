@@ -25,9 +25,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from funasr_swap.base import BASE_LLM
 from funasr_swap.compat import NO_HUB_KERNELS
-from funasr_swap.llms import get_llm
+from funasr_swap.llms import BASE_LLM, get_llm
 from funasr_swap.miniature.config import FAMILY_LLMS, MiniatureConfig
 from funasr_swap.miniature.world_loss import WorldLoss
 from tokenmap.io import atomic_write_lines

@@ -15,6 +15,7 @@ from transformers import (
 )
 
 from funasr_swap.llms import (
+    BASE_LLM,
     LLMS,
     LLMSpec,
     active_parameters,
@@ -57,6 +58,12 @@ def test_registry_holds_every_seed_llm():
     assert set(LLMS) == set(PUBLISHED_HIDDEN)
     assert all(isinstance(spec, LLMSpec) and spec.name == name for name, spec in LLMS.items())
     assert {spec.family for spec in LLMS.values()} == FAMILIES
+
+
+def test_base_llm_is_fun_asr_nanos_qwen3_entry():
+    # The base checkpoint's processor and stop tokens are the family of this entry (`convert.build_processor`).
+    base = get_llm(BASE_LLM)
+    assert (base.hf_id, base.family, base.hidden_size) == ("Qwen/Qwen3-0.6B", "qwen3", 1024)
 
 
 @pytest.mark.parametrize("name", ["Qwen3-4B", "qwen/qwen3-4b", "QWEN3-4B", "Qwen/Qwen3-4B"])
