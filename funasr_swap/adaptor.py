@@ -45,13 +45,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Literal
 
 import torch
 from torch import nn
 from transformers import FunAsrNanoAdaptorConfig, FunAsrNanoConfig
 from transformers.models.fun_asr_nano.modeling_fun_asr_nano import FunAsrNanoMultiModalProjector
 
+# The strategies' names live apart, free of torch, for the CLI; public here too, beside what implements them.
+from funasr_swap.adaptor_strategies import RESIZE_STRATEGIES, STRATEGIES, ResizeStrategy, Strategy
 from funasr_swap.llms import count_parameters
 
 __all__ = [
@@ -59,17 +60,13 @@ __all__ = [
     "STRATEGIES",
     "EmbeddingBridge",
     "ResizeReport",
+    "ResizeStrategy",
+    "Strategy",
     "adaptor_config_for",
     "fit_embedding_bridge",
     "resize_adaptor",
 ]
 
-Strategy = Literal["fresh", "bridge", "vocab"]
-ResizeStrategy = Literal["fresh", "bridge"]
-# `vocab` (funasr_swap.vocab_init) starts from one of the others and then fits the adaptor on speech frames carried
-# through the vocabulary; `resize_adaptor` builds the start.
-STRATEGIES: tuple[str, ...] = ("fresh", "bridge", "vocab")
-RESIZE_STRATEGIES: tuple[str, ...] = ("fresh", "bridge")
 Probe = tuple[torch.Tensor, torch.Tensor]  # encoder outputs (B, T, audio hidden), mask (B, T) with 1 = valid frame
 
 

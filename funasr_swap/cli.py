@@ -3,7 +3,8 @@
 
 One vocabulary across the commands (and with the `tokenmap` CLI): `--model DIR` is the Fun-ASR-Nano folder a
 command reads, `--manifest FILE` (train: `--train`, `--valid`) an input JSONL manifest, `-o/--output` what it writes;
-`--adaptor fresh|bridge` is how a swap initialises the adaptor, `--markers reuse|add` how it finds its speech markers.
+`--adaptor fresh|bridge|vocab` is how a swap initialises the adaptor, `--markers reuse|add` how it finds its speech
+markers.
 Errors print one line, `error: ...`, and exit with status 1; outputs are checked before any work.
 
 Defaults are the library's (`TrainConfig`, `LoraSettings`, `transcribe`, `evaluate`, `swap_llm`), read when a command
@@ -36,6 +37,7 @@ from typing import TYPE_CHECKING, Any, get_args
 
 import typer
 
+from funasr_swap.adaptor_strategies import Strategy as AdaptorStrategy
 from funasr_swap.gguf import OutType as GgufOutType
 from funasr_swap.llms import RandomWeights as RandomWeightShapes
 from tokenmap.cli import CliError
@@ -203,13 +205,7 @@ def library_choices(name: str, literal: Any) -> type[Enum]:
     return Enum(name, {value: value for value in get_args(literal)}, type=str)
 
 
-# funasr_swap.adaptor.Strategy: that module imports torch, so these are kept equal by a test (test_cli.py)
-class Adaptor(str, Enum):
-    fresh = "fresh"
-    bridge = "bridge"
-    vocab = "vocab"
-
-
+Adaptor = library_choices("Adaptor", AdaptorStrategy)
 Markers = library_choices("Markers", MarkerStrategy)
 RandomWeights = library_choices("RandomWeights", RandomWeightShapes)
 

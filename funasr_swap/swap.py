@@ -28,7 +28,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from funasr_swap.adaptor import Strategy, fit_embedding_bridge, resize_adaptor
+from funasr_swap.adaptor import fit_embedding_bridge, resize_adaptor
+from funasr_swap.adaptor_strategies import Strategy
 from funasr_swap.compat import fill_gaps
 from funasr_swap.convert import generation_config
 from funasr_swap.ctc_branch import CtcBranch, copy_ctc_branch

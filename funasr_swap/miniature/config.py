@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+
+from funasr_swap.adaptor_strategies import STRATEGIES, Strategy
 
 __all__ = [
     "DEFAULT_FAMILIES", "FAMILY_LLMS", "FULL_WORLD_MINUTES", "QUICK", "TARGET_CER", "MiniatureConfig",
@@ -23,8 +24,8 @@ TARGET_CER = 0.15
 # How long the default world takes from nothing on 2 quiet CPU cores (benchmarks/results/quickstart_seeds.md): the one
 # figure the README, the CLI's help and the notebooks (through `open_world`'s message) give.
 FULL_WORLD_MINUTES = 16
-AdaptorInit = Literal["bridge", "fresh", "vocab"]  # funasr_swap.adaptor.STRATEGIES
-ADAPTOR_INITS: tuple[AdaptorInit, ...] = ("bridge", "fresh", "vocab")
+# The swaps' adaptor inits in the order `compare_init` runs them: bridge (the quickstart's) first, then the library's.
+ADAPTOR_INITS: tuple[Strategy, ...] = ("bridge", *(init for init in STRATEGIES if init != "bridge"))
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class MiniatureConfig:
     # 7.0 / 19.7% at weight 0.3; weight 1.0 hurt: 9.7 / 19.9 / 25.9% with 800-step LLMs)
     base_ctc_weight: float = 0.3
     lora_rank: int = 16
-    adaptor_init: AdaptorInit = "bridge"  # the swaps' adaptor initialisation; compare_init adds the others
+    adaptor_init: Strategy = ADAPTOR_INITS[0]  # bridge: the swaps' adaptor initialisation; compare_init adds the others
     compare_init: bool = False
     adaptor_ctc_weight: float = 1.0  # `adaptor_ctc_loss` beside the LLM's loss in the adaptor retraining
     adaptor_lora_rank: int = 16  # LoRA on the swapped LLM beside the adaptor; 0: the adaptor alone
@@ -74,7 +75,7 @@ class MiniatureConfig:
             raise ValueError(f"adaptor_init must be one of {', '.join(ADAPTOR_INITS)}, got {self.adaptor_init!r}")
 
     @property
-    def adaptor_inits(self) -> tuple[AdaptorInit, ...]:
+    def adaptor_inits(self) -> tuple[Strategy, ...]:
         """The adaptor initialisations each family's swap is trained with, the default one first."""
         others = tuple(init for init in ADAPTOR_INITS if init != self.adaptor_init)
         return (self.adaptor_init, *others) if self.compare_init else (self.adaptor_init,)

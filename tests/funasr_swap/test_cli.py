@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import re
 import subprocess
 import sys
 import typing
@@ -18,15 +19,19 @@ import soundfile
 import typer
 from typer.testing import CliRunner
 
+from funasr_swap.adaptor import Strategy as AdaptorStrategy
 from funasr_swap.cli import app
 from funasr_swap.gguf import GGUF_FAMILIES
+from funasr_swap.gguf import OutType as GgufOutType
 from funasr_swap.llms import LLMS
+from funasr_swap.llms import RandomWeights as RandomWeightShapes
 from funasr_swap.plan import swap_plan
 from funasr_swap.swap import swap_llm
 from funasr_swap.synth import synthesize
 from funasr_swap.training import LoraSettings, TrainConfig, evaluate
 from funasr_swap.training.checkpoints import STATE_FILE
 from funasr_swap.transcribe import DEFAULT_MAX_AUDIO_SECONDS, transcribe
+from tokenmap.markers import Strategy as MarkerStrategy
 
 RATE = 16000
 COMMANDS = ("convert", "transcribe", "plan", "swap", "synth", "train", "eval", "demo", "export", "fetch-converter")
@@ -119,17 +124,20 @@ def test_starting_the_cli_imports_no_torch():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
 
 
-def test_the_choices_of_options_are_the_librarys_values():
-    from funasr_swap import cli
-    from funasr_swap.adaptor import Strategy as AdaptorStrategy
-    from funasr_swap.gguf import OutType as GgufOutType
-    from funasr_swap.llms import RandomWeights as Shapes
-    from tokenmap.markers import Strategy as MarkerStrategy
-
-    library = {cli.Adaptor: AdaptorStrategy, cli.Markers: MarkerStrategy, cli.RandomWeights: Shapes,
-               cli.OutType: GgufOutType}  # fmt: skip
-    for choices, literal in library.items():
-        assert tuple(choice.value for choice in choices) == typing.get_args(literal), choices
+@pytest.mark.parametrize(
+    ("command", "flag", "literal"),
+    [
+        ("swap", "--adaptor", AdaptorStrategy),
+        ("swap", "--markers", MarkerStrategy),
+        ("swap", "--random-weights", RandomWeightShapes),
+        ("export", "--outtype", GgufOutType),
+    ],
+)
+def test_each_option_offers_the_librarys_values(command, flag, literal):
+    """`--help` shows the values of the Literal that the library's code takes, in its order."""
+    output = invoke(command, "--help", env={"COLUMNS": "200"}).output
+    choices = "|".join(typing.get_args(literal))
+    assert re.search(rf"{flag}\s+<{re.escape(choices)}>", output), output
 
 
 def defaults(command: str) -> dict:
