@@ -141,6 +141,8 @@ class EdgeModel:
     ):
         llama_cpp, onnxruntime = _import_runtime()
         self._llama = llama_cpp
+        # sequence -> the prompt ids before the audio that its cache holds from position 0 (`prefill` reuses them)
+        self._held: dict[int, tuple[int, ...]] = {}
         self.folder = Path(folder)
         self.config: EdgeConfig = read_edge_config(self.folder)
         for name in (self.config.audio_model, self.config.llm):
@@ -240,6 +242,7 @@ class EdgeModel:
 
     def _free_context(self) -> None:
         self._tokens = self._rows = None
+        self._held = {}
         if self._ctx:
             self._llama.llama_free(self._ctx)
         self._ctx, self.context, self.sequences = None, 0, 0
@@ -338,7 +341,11 @@ class EdgeModel:
         self, before: Sequence[int], rows: np.ndarray, after: Sequence[int], room: int = 0, seq: int = 0
     ) -> np.ndarray:
         """Put prompt `before` + audio `rows` + `after` into sequence `seq` (cleared first; with `room` positions left
-        for the answer); a copy of the logits `(vocab,)` at its last position. The context grows to fit (`reserve`)."""
+        for the answer); a copy of the logits `(vocab,)` at its last position. The context grows to fit (`reserve`).
+
+        Every clip of a task has the same `before` (the chat header and instruction, about a third of a short clip's
+        prompt), so a sequence that holds it from its last clip keeps it: only the positions after it are cleared
+        and decoded again, as llama.cpp's own server reuses a common prompt prefix."""
         if rows.ndim != 2 or rows.shape[1] != self.width:
             raise ValueError(f"audio rows must be (frames, {self.width}) for {self.folder / self.config.llm}, got "
                              f"{rows.shape}")  # fmt: skip
@@ -348,9 +355,12 @@ class EdgeModel:
                 raise ValueError(f"prompt ids {name} the audio hold {outside[0]}, outside {llm}'s vocabulary of "
                                  f"{self._n_vocab} tokens")  # fmt: skip
         self.reserve(len(before) + len(rows) + len(after) + room, seq + 1)
-        self._llama.llama_memory_seq_rm(self._llama.llama_get_memory(self._ctx), seq, -1, -1)
+        held = self._held.pop(seq, None) == tuple(before)  # popped: a failed decode leaves the sequence unknown
+        self._llama.llama_memory_seq_rm(self._llama.llama_get_memory(self._ctx), seq, len(before) if held else -1, -1)
         np.divide(rows, np.float32(self.config.audio_embedding_scale), out=self._rows.embd[: len(rows)])
-        self._decode_ids(before, 0, False, seq)
+        if not held:
+            self._decode_ids(before, 0, False, seq)
+        self._held[seq] = tuple(before)
         self._rows.fill(len(rows), len(before), seq, False)
         self._decode(self._rows)
         self._decode_ids(after, len(before) + len(rows), True, seq)

@@ -197,6 +197,38 @@ def test_clips_decoded_together_answer_as_alone_each_stopping_at_its_own_step(ti
     assert answers(stopping, 1) == answers(stopping, 4) == cut(stop)
 
 
+def test_a_sequence_keeps_the_prompt_before_the_audio_while_the_task_stays(tiny_export, tmp_path):
+    """One model, clip after clip in sequence 0: the ids before the audio are decoded again only when the task
+    changes (hotwords change them), and every answer equals a fresh model's for its clip and task."""
+    from tests.conftest import write_tone
+
+    waveforms = [load_audio(write_tone(tmp_path / f"{i}.wav", seconds, 170.0 + 70 * i))
+                 for i, seconds in enumerate((1.9, 0.6, 1.2, 2.3))]  # fmt: skip
+    tasks = [TASKS[0], TASKS[0], TASKS[3], TASKS[0]]
+
+    def answer(model, task, waveform):
+        before, after = model.prompt(*task)
+        return model.generate(before, model.audio_rows(waveform), after, 8)
+
+    fresh = []
+    for task, waveform in zip(tasks, waveforms):
+        with edge.EdgeModel(tiny_export) as model:
+            fresh.append(answer(model, task, waveform))
+    with edge.EdgeModel(tiny_export) as model:
+        decode_ids, prompts_decoded = model._decode_ids, []
+
+        def counting(ids, start, logits, seq=0):
+            if start == 0:
+                prompts_decoded.append(tuple(ids))
+            return decode_ids(ids, start, logits, seq)
+
+        model._decode_ids = counting
+        assert [answer(model, task, waveform) for task, waveform in zip(tasks, waveforms)] == fresh
+        befores = [tuple(model.prompt(*task)[0]) for task in (TASKS[0], TASKS[3], TASKS[0])]
+    assert befores[0] != befores[1]
+    assert prompts_decoded == befores  # clip 2 reused clip 1's; clips 3 and 4 changed the task
+
+
 def test_the_edge_runtime_never_imports_torch(export, test_clips):
     """In a fresh interpreter where importing torch (or transformers) fails, the edge package loads a model and
     transcribes; torch is not in sys.modules afterwards."""
