@@ -798,7 +798,7 @@ def quickstart(
     LoRA on the LLM); writes OUTPUT/REPORT.md (test CER per model, steps, times), OUTPUT/cer.png and
     OUTPUT/models.json (the models built, for notebooks and the demo).
 
-    Everything built is cached in OUTPUT: a rerun reuses it. About 16 minutes on 2 CPU cores (--quick: 1 minute;
+    Everything built is cached in OUTPUT: a rerun reuses it. About 17 minutes on 2 CPU cores (--quick: 1 minute;
     --compare-init adds three more swap runs).
 
     The same command on the same machine gives the same numbers, busy or quiet. Another seed, processor or
