@@ -12,19 +12,19 @@ reported (the first warms llama.cpp's buffers). Decode seconds = generate's minu
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from edge import world_clips  # benchmarks/edge.py: its clips, held-out ones first
 from environment import device_info, write_results  # benchmarks/environment.py: the scripts run from this folder
 
 from funasr_swap import edge
 from funasr_swap.audio import load_audio
 from funasr_swap.convert import load_base
 from funasr_swap.export import export_edge
-from funasr_swap.miniature import held_out_manifest, read_index
+from funasr_swap.miniature import read_index
 from funasr_swap.swap import swap_llm
 
 
@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("--world", type=Path, required=True, help="a quickstart output folder (its base and clips)")
     parser.add_argument("--llm", default="Qwen3-1.7B", help="registry LLM swapped in at its real shape, random")
     parser.add_argument("--outtype", default="q4_k_m", help="the GGUF type")
-    parser.add_argument("--clips", type=int, default=4, help="held-out clips of the world")
+    parser.add_argument("--clips", type=int, default=4, help="clips of the world, held-out ones first")
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for onnxruntime and llama.cpp")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/edge_split"), help="OUT.json, OUT.md")
@@ -55,9 +55,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     base = next(args.world / e.folder for e in read_index(args.world) if e.init == "joint")
-    manifest = held_out_manifest(args.world)
-    lines = [json.loads(line) for line in manifest.read_text().splitlines()[: args.clips]]
-    waveforms = [load_audio(manifest.parent / line["audio"]) for line in lines]
+    waveforms = [load_audio(clip) for clip in world_clips(args.world, args.clips)[0]]
     with tempfile.TemporaryDirectory(prefix="edge-split-") as tmp:
         swap_llm(*load_base(base), args.llm, random_weights="real").save(Path(tmp) / "real")
         export_edge(Path(tmp) / "real", Path(tmp) / "edge", args.outtype)
