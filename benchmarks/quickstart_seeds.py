@@ -4,11 +4,11 @@ corpus spoken with a synthesis seed none of the worlds saw.
     PYTHONPATH=. python benchmarks/quickstart_seeds.py --seeds 0 1 2 --runs runs/seeds \
         --out benchmarks/results/quickstart_seeds
 
-A world's result depends on float rounding, which differs between processors (and thread counts); seeds are the
-cheap stand-in for that noise, so the quickstart's figure is a range over seeds, not one run. Each world is a
-`funasr-swap quickstart --seed S --threads T` in a process of its own (`--parallel` of them side by side on a
-machine with the cores for it: each still gets its own `--threads`, so its numbers are those of a `--threads`-core
-machine of that processor), timed by wall clock and CPU seconds (the process and its workers, from `os.wait4`).
+A world's result depends on float rounding, which differs between processors; seeds are the cheap stand-in for
+that noise, so the quickstart's figure is a range over seeds, not one run. Each world is a `funasr-swap quickstart
+--seed S` in a process of its own (`--parallel` of them side by side on a machine with the cores for it: every
+training runs on one torch thread, so a world's numbers do not depend on what runs beside it, only its wall time
+does), timed by wall clock and CPU seconds (the process and its workers, from `os.wait4`).
 
 Writes OUT.json (every run: settings, machine, per world and model the test CER, the unseen-corpus CER, the steps to
 15% validation CER, wall and CPU seconds) and OUT.md (per model: mean and min-max over the seeds).
@@ -48,10 +48,10 @@ def parse_overrides(pairs: list[str]) -> dict:
     return overrides
 
 
-def build_world(folder: Path, seed: int, threads: int, overrides: dict, families: list[str]) -> None:
+def build_world(folder: Path, seed: int, overrides: dict, families: list[str]) -> None:
     """One world, in this process (what each child runs)."""
     config = dataclasses.replace(MiniatureConfig(), seed=seed, **overrides)
-    run_quickstart(folder, families, config, threads=threads)
+    run_quickstart(folder, families, config)
 
 
 def score_unseen(world: Path, corpus: Path) -> dict[str, float]:
@@ -102,8 +102,9 @@ def markdown(record: dict) -> str:
         "",
         f"`{record['command']}`",
         "",
-        f"Machine: {env['cpu']}, {record['threads']} torch threads per world, {record['parallel']} world(s) "
-        f"at a time; torch {env['torch']}, transformers {env['transformers']}, espeak-ng {env['espeak-ng']}. "
+        f"Machine: {env['cpu']}, {record['cores']} cores, one torch thread per training process, "
+        f"{record['parallel']} world(s) at a time; torch {env['torch']}, transformers {env['transformers']}, "
+        f"espeak-ng {env['espeak-ng']}. "
         f"Unseen corpus: {UNSEEN_UTTERANCES} utterances spoken with synthesis seed {record['unseen_seed']}.",
         "",
         f"| model | test CER mean | min-max | median | unseen-corpus CER mean | min-max | steps to valid CER < "
@@ -131,7 +132,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--runs", type=Path, default=Path("runs/seeds"), help="folder of the worlds (seed-S each)")
-    parser.add_argument("--threads", type=int, default=available_cores(), help="torch threads per world")
     parser.add_argument("--parallel", type=int, default=1, help="worlds built side by side")
     parser.add_argument("--families", default=",".join(DEFAULT_FAMILIES))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
@@ -142,7 +142,7 @@ def main() -> None:
     args = parser.parse_args()
     overrides, families = parse_overrides(args.overrides), args.families.split(",")
     if args.world is not None:
-        return build_world(args.runs / f"seed-{args.world}", args.world, args.threads, overrides, families)
+        return build_world(args.runs / f"seed-{args.world}", args.world, overrides, families)
 
     from funasr_swap.synth import synthesize
 
@@ -154,8 +154,8 @@ def main() -> None:
             seed = pending.pop(0)
             log = (args.runs / f"seed-{seed}.log.txt").open("w")
             child = subprocess.Popen(
-                [sys.executable, __file__, "--world", str(seed), "--runs", str(args.runs), "--threads",
-                 str(args.threads), "--families", args.families, *(f"--set={pair}" for pair in args.overrides)],
+                [sys.executable, __file__, "--world", str(seed), "--runs", str(args.runs), "--families",
+                 args.families, *(f"--set={pair}" for pair in args.overrides)],
                 stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
             running[child.pid] = (seed, time.perf_counter())
@@ -184,8 +184,8 @@ def main() -> None:
     config = dataclasses.asdict(dataclasses.replace(MiniatureConfig(), **overrides))
     del config["seed"]
     record = {
-        "environment": {**device_info("cpu"), **build_environment(args.threads)},
-        "threads": args.threads, "parallel": args.parallel, "unseen_seed": args.unseen_seed, "config": config,
+        "environment": {**device_info("cpu"), **build_environment(1)},
+        "cores": available_cores(), "parallel": args.parallel, "unseen_seed": args.unseen_seed, "config": config,
         "worlds": worlds, "summary": summary(worlds),
     }  # fmt: skip
     write_results(args.out, record, markdown)

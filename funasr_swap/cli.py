@@ -785,12 +785,11 @@ def quickstart(
         False, "--compare-init", help="also retrain each swap from the other adaptor inits (fresh, vocab), and compare"
     ),
     quick: bool = typer.Option(False, "--quick", help="a handful of clips and steps: checks the wiring in a minute"),
-    jobs: int = typer.Option(3, min=1, help="worker processes for the swaps, side by side"),
+    jobs: int = typer.Option(
+        3, min=1, help="swaps retrained side by side, a process of one torch thread each (results do not depend on it)"
+    ),
     seed: int = typer.Option(
         0, help="seeds the corpus, the tiny LLMs, the base and the swaps: another seed, another world"
-    ),
-    threads: int | None = typer.Option(
-        None, min=1, help="torch threads of the whole build (default: the cores available); results depend on it"
     ),
 ) -> None:
     """Build the miniature world and swap its LLM: espeak-ng corpus, tiny LLMs with the real tokenizers, the base
@@ -798,11 +797,12 @@ def quickstart(
     LoRA on the LLM); writes OUTPUT/REPORT.md (test CER per model, steps, times), OUTPUT/cer.png and
     OUTPUT/models.json (the models built, for notebooks and the demo).
 
-    Everything built is cached in OUTPUT: a rerun reuses it. About 17 minutes on 2 CPU cores (--quick: 1 minute;
-    --compare-init adds three more swap runs).
+    Everything built is cached in OUTPUT: a rerun reuses it. About 11 minutes on 2 CPU cores (--quick: 1 minute;
+    --compare-init retrains each swap twice more, from the fresh and vocab adaptors).
 
-    The same command on the same machine gives the same numbers, busy or quiet. Another seed, processor or
-    --threads rounds differently: the README's figures are a range over three seeds.
+    The same command gives the same numbers on the same processor, busy or quiet, whatever its number of cores
+    (every training runs on one torch thread). Another seed or processor rounds differently: the README's figures
+    are a range over three seeds.
 
     Example: funasr-swap quickstart -o runs/quickstart --families llama3,gemma2
     """
@@ -812,7 +812,7 @@ def quickstart(
 
     config = dataclasses.replace(QUICK if quick else MiniatureConfig(), compare_init=compare_init, seed=seed)
     names = [name.strip() for name in families.split(",") if name.strip()]
-    report = run_quickstart(output, names, config, jobs=jobs, threads=threads, log=typer.echo)
+    report = run_quickstart(output, names, config, jobs=jobs, log=typer.echo)
     typer.echo(report.read_text())
 
 

@@ -7,7 +7,9 @@ goes, each token repeated 1-3 times (audio frames outnumber tokens about 4 to 1)
 (the LLM must clean up, with its knowledge of the corpus' language, what a weak adaptor gives it).
 
 The pretraining runs on a compact copy of each LLM (the world rows only: `world_loss` says why that is the same
-computation); the saved folder is the full-size model with zero rows outside the world.
+computation); the saved folder is the full-size model with zero rows outside the world. Every example of a batch
+starts with the same prompt prefix (chat header and instruction, about a third of its positions), so a step computes
+that prefix once and the examples read its keys and values from a shared cache (`_copy_loss`).
 """
 
 from __future__ import annotations
@@ -43,15 +45,16 @@ class _CopyPrompt:
     suffix: list[int]
 
     def example(self, answer: list[int], rng: random.Random, vocabulary: int) -> tuple[list[int], list[int]]:
-        """(input ids, labels) of one copy example: the answer's text (its last token, the end of turn, left out)
-        in the audio slot, each token 1-3 times (audio frames outnumber tokens) and 10% of them replaced by a
-        random token (the LLM learns to correct its "audio" with what it knows), then the answer supervised."""
+        """(input ids, labels) of one copy example after the prefix (which every example shares): the answer's
+        text (its last token, the end of turn, left out) in the audio slot, each token 1-3 times (audio frames
+        outnumber tokens) and 10% of them replaced by a random token (the LLM learns to correct its "audio" with
+        what it knows), then the answer supervised."""
         slot = []
         for token in answer[:-1]:
             if rng.random() < 0.1:
                 token = rng.randrange(vocabulary)
             slot += [token] * rng.randint(1, 3)
-        context = self.prefix + slot + self.suffix
+        context = slot + self.suffix
         return context + answer, [IGNORE_INDEX] * len(context) + answer
 
 
@@ -86,9 +89,17 @@ def _pad(examples: list[tuple[list[int], list[int]]]) -> tuple[torch.Tensor, tor
     return input_ids, attention_mask, labels
 
 
-def _copy_loss(llm: PreTrainedModel, batch: tuple[torch.Tensor, ...], n_zero: int) -> torch.Tensor:
+def _copy_loss(llm: PreTrainedModel, prefix: list[int], batch: tuple[torch.Tensor, ...], n_zero: int) -> torch.Tensor:
+    """The copy loss of `batch` (the examples after `prefix`, right-padded): the prefix's keys and values computed
+    once and repeated for every example, the same loss as the whole examples' up to float rounding. The prefix's
+    last position predicts the slot, which is never supervised, so only the positions after it are scored."""
     input_ids, attention_mask, labels = batch
-    hidden = llm.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    cache = llm.base_model(input_ids=torch.tensor([prefix]), use_cache=True).cache
+    cache.batch_repeat_interleave(len(input_ids))
+    seen = torch.ones(len(input_ids), len(prefix), dtype=attention_mask.dtype)
+    hidden = llm.base_model(
+        input_ids=input_ids, attention_mask=torch.cat([seen, attention_mask], dim=1), cache=cache
+    ).last_hidden_state
     targets = labels[:, 1:]
     supervised = targets != IGNORE_INDEX
     softcap = getattr(llm.config, "final_logit_softcapping", None)
@@ -152,7 +163,7 @@ def pretrain_llm(
     loss = torch.tensor(float("nan"))
     for _ in range(steps):
         batch = _pad([compact_prompt.example(rng.choice(compact_answers), rng, len(world)) for _ in range(batch_size)])
-        loss = _copy_loss(llm, batch, n_zero)
+        loss = _copy_loss(llm, compact_prompt.prefix, batch, n_zero)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(llm.parameters(), 1.0)

@@ -57,9 +57,10 @@ SWAP_FIELDS = (
 )  # fmt: skip
 
 # Bumped when the code changes what a stage builds from the same settings (2: DeepSeek's MLA at width / 4, LoRA on
-# its KV projections; 3: features on the original's int16 scale, runs record their family), so that an older cache
-# is not read as this version's.
-CACHE_VERSION = 3
+# its KV projections; 3: features on the original's int16 scale, runs record their family; 4: the copy task's
+# prompt prefix computed once per batch, every training on one torch thread), so that an older cache is not read as
+# this version's.
+CACHE_VERSION = 4
 
 
 def _key(config: MiniatureConfig, fields: Sequence[str], *extra: str) -> str:
@@ -210,30 +211,27 @@ def run_quickstart(
     config: MiniatureConfig = MiniatureConfig(),
     *,
     jobs: int = 3,
-    threads: int | None = None,
     log: Callable[[str], None] = print,
 ) -> Path:
     """Build the miniature world in `output` and write `REPORT.md`, `cer.png` and `models.json` there; returns the
     report's path.
 
-    `families`: target families or their LLMs' registry names (`resolve_families`). `threads`: the torch threads
-    of the whole build (default: the cores available). Every stage runs on a thread count fixed before it starts,
-    never changed by how fast another stage goes, so a rerun on the same machine gives the same numbers, busy or
-    quiet (float rounding depends on the thread count):
+    `families`: target families or their LLMs' registry names (`resolve_families`). Every training runs in a process
+    of one torch thread (float rounding depends on the thread count), so a rerun gives the same numbers on the same
+    processor, whatever its number of cores and whatever else it is doing; the cores only decide how many run side
+    by side:
 
-        LLMs    each tiny LLM pretrained in a worker of one thread, all side by side (their lengths differ, the 128-wide
-                ones taking twice the 64-wide one's time: as many workers as LLMs keep the cores busy to the end)
-        base    this process, `threads` threads (the critical path: nothing runs beside it)
-        swaps   `jobs` workers side by side, `threads // jobs` threads each (at least one; on 2 cores three
-                one-thread workers finish sooner than two, then one), each writing its progress to a `log.txt`
+        LLMs + base   this process pretrains the base's LLM and then trains the base; beside it, the target LLMs are
+                      pretrained in workers (one per core left, at least one; on 2 cores one after another, which
+                      ends about when the base does)
+        swaps         `jobs` workers side by side (on 2 cores three finish sooner than two, then one), each writing
+                      its progress to a `log.txt`
     """
     from funasr_swap.synth import synthesize
 
     families = resolve_families(families)
-    threads = available_cores() if threads is None else threads
-    for name, value in (("jobs", jobs), ("threads", threads)):
-        if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
     output = Path(output)
     timings: dict[str, float] = {}  # stage -> seconds it took when it was built (this run or an earlier one)
     built_times_file = output / "build_seconds.json"
@@ -260,39 +258,41 @@ def run_quickstart(
     timed("corpus", corpus.name, began, built=not corpus_cached)
 
     spawn = multiprocessing.get_context("spawn")
-    # 2. tiny LLMs on the copy task over the train transcripts (valid and test sentences stay unseen)
+    # 2. tiny LLMs on the copy task over the train transcripts (valid and test sentences stay unseen), and the base
     began = time.perf_counter()
-    llm_root = folders.llms
-    names = [BASE_LLM, *(FAMILY_LLMS[f] for f in families)]
-    missing = [name for name in names if not (llm_root / name).is_dir()]
-    for name in names:
-        if name not in missing:
+    llm_root, base_dir = folders.llms, folders.base
+    targets = [FAMILY_LLMS[f] for f in families]
+    missing = [name for name in targets if not (llm_root / name).is_dir()]
+    for name in [BASE_LLM, *targets]:
+        if (llm_root / name).is_dir():
             log(f"[quickstart] pretrain {name}: cached in {llm_root / name}")
-    with ProcessPoolExecutor(len(missing) or 1, mp_context=spawn) as pool:
-        pretraining = [
-            pool.submit(in_worker, llm_root / f"{name}.log.txt", 1, _pretrain, name, llm_root / name, data, config)
+    base_cached = (base_dir / RESULT_FILE).is_file()
+    main_threads = torch.get_num_threads()
+    with ProcessPoolExecutor(max(1, min(len(missing), available_cores() - 1)), mp_context=spawn) as pool:
+        pretraining = {
+            name: pool.submit(
+                in_worker, llm_root / f"{name}.log.txt", 1, _pretrain, name, llm_root / name, data, config
+            )
             for name in missing
-        ]  # fmt: skip
-        for name, future in zip(missing, pretraining):
+        }
+        torch.set_num_threads(1)
+        try:
+            if not (llm_root / BASE_LLM).is_dir():
+                log(f"[quickstart] pretraining {BASE_LLM}" + (f", and beside it {', '.join(missing)}" * bool(missing)))
+                _pretrain(BASE_LLM, llm_root / BASE_LLM, data, config)
+                _log_pretrained(llm_root / BASE_LLM, log)
+            log(f"[quickstart] base: training in {base_dir}" + (" (cached)" if base_cached else ""))
+            runs = [(train_base(base_dir, llm_root / BASE_LLM, data, config), base_dir)]
+        finally:
+            torch.set_num_threads(main_threads)
+        log(f"[quickstart] base: test CER {runs[0][0].test_cer:.1%}")
+        for name, future in pretraining.items():
             future.result()
             _log_pretrained(llm_root / name, log)
-    timed("LLM pretraining", f"{llm_root.name}/{'+'.join(names)}", began, built=bool(missing))
+    key = f"{llm_root.name}/{'+'.join([BASE_LLM, *targets])}+{base_dir.name}"
+    timed("LLM pretraining and base", key, began, built=bool(missing) or not base_cached)
 
-    # 3. the base, in this process
-    began = time.perf_counter()
-    base_dir = folders.base
-    base_cached = (base_dir / RESULT_FILE).is_file()
-    log(f"[quickstart] base: training in {base_dir}" + (" (cached)" if base_cached else ""))
-    main_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        runs = [(train_base(base_dir, llm_root / BASE_LLM, data, config), base_dir)]
-    finally:
-        torch.set_num_threads(main_threads)
-    log(f"[quickstart] base: test CER {runs[0][0].test_cer:.1%}")
-    timed("base", base_dir.name, began, built=not base_cached)
-
-    # 4. swaps, one per family and adaptor initialisation, side by side
+    # 3. swaps, one per family and adaptor initialisation, side by side
     began = time.perf_counter()
     swaps: dict[Path, Future] = {}
     with ProcessPoolExecutor(jobs, mp_context=spawn) as pool:
@@ -302,8 +302,8 @@ def run_quickstart(
                 cached = (folder / RESULT_FILE).is_file()
                 log(f"[quickstart] {family} {strategy}: adaptor retraining in {folder}" + (" (cached)" * cached))
                 swaps[folder] = pool.submit(
-                    in_worker, folder / "log.txt", max(1, threads // jobs), train_swap, base_dir / MODEL_DIR,
-                    llm_root / FAMILY_LLMS[family], family, strategy, folder, corpus, config,
+                    in_worker, folder / "log.txt", 1, train_swap, base_dir / MODEL_DIR, llm_root / FAMILY_LLMS[family],
+                    family, strategy, folder, corpus, config,
                 )  # fmt: skip
         swaps_cached = all((folder / RESULT_FILE).is_file() for folder in swaps)
         for folder, future in swaps.items():
@@ -311,7 +311,7 @@ def run_quickstart(
             log(f"[quickstart] {run.name}: valid CER {run.start_cer:.1%} at step 0, test {run.test_cer:.1%}")
     timed("swaps", f"swaps-{_key(config, SWAP_FIELDS, *families, *config.adaptor_inits)}", began, not swaps_cached)
 
-    report = write_report(output, config, data, [run for run, _ in runs], timings, build_environment(threads))
+    report = write_report(output, config, data, [run for run, _ in runs], timings, build_environment(1))
     _write_index(output, runs)  # last: the index lists finished models only
     log(f"[quickstart] report: {report}")
     return report

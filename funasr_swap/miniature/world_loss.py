@@ -37,8 +37,10 @@ def world_cross_entropy(
     logits = hidden @ weight.T  # (N, K)
     if softcap:
         logits = softcap * torch.tanh(logits / softcap)  # Gemma-2; tanh(0) = 0 keeps the zero rows at 0
-    zero_rows = torch.full_like(logits[:, :1], math.log(n_zero))  # log(n_zero * exp(0))
-    return F.cross_entropy(torch.cat([logits, zero_rows], dim=1), targets)
+    if n_zero:
+        zero_rows = torch.full_like(logits[:, :1], math.log(n_zero))  # log(n_zero * exp(0))
+        logits = torch.cat([logits, zero_rows], dim=1)
+    return F.cross_entropy(logits, targets)
 
 
 def adaptor_ctc_loss(
