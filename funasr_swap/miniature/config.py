@@ -50,10 +50,11 @@ class MiniatureConfig:
     lm_steps: int = 1600
     lm_batch_size: int = 64
     lm_lr: float = 6e-3
-    # the base under-fitted at 1,600 (training loss still falling; its errors were content words swapped for others
-    # of their kind, the LLM's guess where the audio was unclear): 2,000 steps took its test CER over seeds 0 / 1 / 2
-    # from 4.1 / 11.0 / 10.9% to 3.0 / 9.2 / 6.2% (base-only runs of one thread; quickstart_history.md)
-    base_steps: int = 2000
+    # the base under-fitted at 1,600 and 2,000 (training loss still falling; its errors were content words swapped
+    # for others of their kind, the LLM's guess where the audio was unclear): 1,600 -> 2,000 steps took its test CER
+    # over seeds 0 / 1 / 2 from 4.1 / 11.0 / 10.9% to 3.0 / 9.2 / 6.2%, and with the one-thread schedule seed 1's
+    # from 13.0% (2,000) to 4.4% (3,000; training loss 0.27 -> 0.03) (quickstart_history.md)
+    base_steps: int = 3000
     base_lr: float = 2e-3
     base_eval_every: int = 400
     # `adaptor_ctc_loss` beside the LLM's loss in the base's joint training: it pulls the adaptor's frames onto the
