@@ -30,7 +30,7 @@ from environment import device_info, write_results  # benchmarks/environment.py:
 
 from funasr_swap.miniature import TARGET_CER, MiniatureConfig, cached_run, read_index, run_quickstart
 from funasr_swap.miniature.config import DEFAULT_FAMILIES
-from funasr_swap.miniature.quickstart import available_cores
+from funasr_swap.miniature.quickstart import INDEX_FILE, available_cores
 from funasr_swap.miniature.report import build_environment
 
 UNSEEN_UTTERANCES = 200  # as many as a world's test split
@@ -122,7 +122,8 @@ def markdown(record: dict) -> str:
     lines += ["|---" * (3 + len(worlds[0]["models"])) + "|"]
     for w in worlds:
         cers = " | ".join(f"{pct(m['test_cer'])} / {pct(m['unseen_cer'])}" for m in w["models"].values())
-        lines.append(f"| {w['seed']} | {w['wall_seconds'] / 60:.1f} min | {w['cpu_seconds']:.0f} | {cers} |")
+        times = "built earlier | -" if w.get("reused") else f"{w['wall_seconds'] / 60:.1f} min | {w['cpu_seconds']:.0f}"
+        lines.append(f"| {w['seed']} | {times} | {cers} |")
     lines += ["", "(per seed: test CER / unseen-corpus CER)", ""]
     lines += ["Settings: `" + json.dumps(record["config"]) + "`", ""]
     return "\n".join(lines)
@@ -147,11 +148,12 @@ def main() -> None:
     from funasr_swap.synth import synthesize
 
     args.runs.mkdir(parents=True, exist_ok=True)
-    worlds, pending = [], list(args.seeds)
+    worlds, pending, reused = [], list(args.seeds), {}
     running: dict[int, tuple[int, float]] = {}  # pid -> (seed, start)
     while pending or running:
         while pending and len(running) < args.parallel:
             seed = pending.pop(0)
+            reused[seed] = (args.runs / f"seed-{seed}" / INDEX_FILE).is_file()  # built earlier: its times are not here
             log = (args.runs / f"seed-{seed}.log.txt").open("w")
             child = subprocess.Popen(
                 [sys.executable, __file__, "--world", str(seed), "--runs", str(args.runs), "--families",
@@ -164,7 +166,7 @@ def main() -> None:
         seed, began = running.pop(pid)
         if status:
             raise SystemExit(f"seed {seed}: the build failed (exit {status >> 8}); see {args.runs}/seed-{seed}.log.txt")
-        world = {"seed": seed, "wall_seconds": time.perf_counter() - began,
+        world = {"seed": seed, "reused": reused[seed], "wall_seconds": time.perf_counter() - began,
                  "cpu_seconds": usage.ru_utime + usage.ru_stime}  # fmt: skip
         print(f"seed {seed}: {world['wall_seconds']:.0f} s wall, {world['cpu_seconds']:.0f} CPU s", flush=True)
         worlds.append(world)

@@ -797,7 +797,7 @@ def quickstart(
     LoRA on the LLM); writes OUTPUT/REPORT.md (test CER per model, steps, times), OUTPUT/cer.png and
     OUTPUT/models.json (the models built, for notebooks and the demo).
 
-    Everything built is cached in OUTPUT: a rerun reuses it. About 11 minutes on 2 CPU cores (--quick: 1 minute;
+    Everything built is cached in OUTPUT: a rerun reuses it. About 13 minutes on 2 CPU cores (--quick: 1 minute;
     --compare-init retrains each swap twice more, from the fresh and vocab adaptors).
 
     The same command gives the same numbers on the same processor, busy or quiet, whatever its number of cores

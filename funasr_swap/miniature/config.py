@@ -23,7 +23,7 @@ DEFAULT_FAMILIES = ("llama3", "gemma2", "deepseek-v2")
 TARGET_CER = 0.15
 # How long the default world takes from nothing on 2 quiet CPU cores (benchmarks/results/quickstart_seeds.md): the one
 # figure the README, the CLI's help and the notebooks (through `open_world`'s message) give.
-FULL_WORLD_MINUTES = 11
+FULL_WORLD_MINUTES = 13
 # The swaps' adaptor inits in the order `compare_init` runs them: bridge (the quickstart's) first, then the library's.
 ADAPTOR_INITS: tuple[Strategy, ...] = ("bridge", *(init for init in STRATEGIES if init != "bridge"))
 
@@ -31,7 +31,7 @@ ADAPTOR_INITS: tuple[Strategy, ...] = ("bridge", *(init for init in STRATEGIES i
 @dataclass(frozen=True)
 class MiniatureConfig:
     """Sizes, steps and rates of the miniature world (defaults: the quickstart, chosen over seeds 0-2; seed 0 took
-    11 min 2 s and 1,275 CPU seconds on 2 quiet cores, benchmarks/results/quickstart_seeds.md)."""
+    13 min 20 s and 1,413 CPU seconds on 2 quiet cores, benchmarks/results/quickstart_seeds.md)."""
 
     utterances: int = 4000  # English clips; 5% valid, 5% test
     valid_utterances: int = 50  # of the valid split, scored during training (test: the whole split, at the end)
