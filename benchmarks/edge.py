@@ -39,7 +39,7 @@ from funasr_swap.convert import load_base
 from funasr_swap.export import export_edge
 from funasr_swap.gguf import GgufWeights
 from funasr_swap.metrics import cer
-from funasr_swap.miniature import held_out_manifest, read_index
+from funasr_swap.miniature import base_model_folder, held_out_manifest, read_index
 from funasr_swap.swap import swap_llm
 from funasr_swap.transcribe import transcribe
 
@@ -173,7 +173,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
         work = Path(tmp)
-        base = next(args.world / entry.folder for entry in index if entry.init == "joint")
+        base = base_model_folder(args.world)
         for llm in args.real:
             swapped = swap_llm(*load_base(base), llm, random_weights="real")
             swapped.save(work / "real")

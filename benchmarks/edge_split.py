@@ -24,7 +24,7 @@ from funasr_swap import edge
 from funasr_swap.audio import load_audio
 from funasr_swap.convert import load_base
 from funasr_swap.export import export_edge
-from funasr_swap.miniature import read_index
+from funasr_swap.miniature import base_model_folder
 from funasr_swap.swap import swap_llm
 
 
@@ -54,7 +54,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    base = next(args.world / e.folder for e in read_index(args.world) if e.init == "joint")
+    base = base_model_folder(args.world)
     waveforms = [load_audio(clip) for clip in world_clips(args.world, args.clips)[0]]
     with tempfile.TemporaryDirectory(prefix="edge-split-") as tmp:
         swap_llm(*load_base(base), args.llm, random_weights="real").save(Path(tmp) / "real")

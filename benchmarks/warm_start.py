@@ -27,7 +27,14 @@ from pathlib import Path
 import torch
 from environment import device_info, write_results  # benchmarks/environment.py: the scripts run from this folder
 
-from funasr_swap.miniature import FAMILY_LLMS, MiniatureConfig, cached_run, load_corpus, read_index
+from funasr_swap.miniature import (
+    FAMILY_LLMS,
+    MiniatureConfig,
+    base_model_folder,
+    cached_run,
+    load_corpus,
+    read_index,
+)
 from funasr_swap.miniature.config import ADAPTOR_INITS, DEFAULT_FAMILIES
 from funasr_swap.miniature.report import build_environment
 from funasr_swap.miniature.runs import first_step_at_most, retrain_adaptor, swap_into
@@ -60,7 +67,7 @@ class World:
     @classmethod
     def read(cls, folder: Path, seed: int) -> World:
         index = read_index(folder)
-        base = next(folder / e.folder for e in index if e.init == "joint")
+        base = base_model_folder(folder)
         swaps = {(e.family, e.init): (folder / e.folder).parent for e in index if e.init != "joint"}
         return cls(seed, base, next(folder.glob("llm-*")), next(folder.glob("corpus-*")), swaps)
 

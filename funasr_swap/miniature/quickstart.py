@@ -36,7 +36,8 @@ from tokenmap.io import atomic_write_lines
 
 __all__ = [
     "DEFAULT_OUTPUT", "INDEX_FILE", "MODEL_DIR", "NAMED_WORLDS", "ModelEntry", "World", "WorldFolders",
-    "available_cores", "held_out_manifest", "open_world", "read_index", "run_quickstart", "world_folders",
+    "available_cores", "base_model_folder", "held_out_manifest", "open_world", "read_index", "run_quickstart",
+    "world_folders",
 ]  # fmt: skip
 
 DEFAULT_OUTPUT = "runs/quickstart"  # where the quickstart builds its world unless told otherwise (its CLI's -o)
@@ -113,6 +114,11 @@ def read_index(output: str | os.PathLike = DEFAULT_OUTPUT) -> list[ModelEntry]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: run `funasr-swap quickstart -o {output}` (--quick: 1 minute)")
     return [ModelEntry(**entry) for entry in json.loads(path.read_text())]
+
+
+def base_model_folder(output: str | os.PathLike = DEFAULT_OUTPUT) -> Path:
+    """The base's model folder of the finished quickstart in `output` (its index's jointly trained model)."""
+    return next(Path(output) / entry.folder for entry in read_index(output) if entry.init == "joint")
 
 
 def held_out_manifest(output: str | os.PathLike = DEFAULT_OUTPUT) -> Path:

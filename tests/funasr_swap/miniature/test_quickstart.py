@@ -12,6 +12,7 @@ from funasr_swap.miniature import (
     FAMILY_LLMS,
     MODEL_DIR,
     QUICK,
+    base_model_folder,
     cached_run,
     held_out_manifest,
     load_corpus,
@@ -79,6 +80,7 @@ def test_quickstart_writes_report_index_and_reuses_its_cache(quick_world, tmp_pa
     for model in index:
         assert (tmp_path / model.folder / "config.json").is_file()
         assert 0.0 <= model.test_cer
+    assert base_model_folder(tmp_path) == tmp_path / index[0].folder
     swap_run = (tmp_path / index[1].folder).parent
     assert (swap_run / "SWAP_REPORT.md").is_file() and (swap_run / "swap_report.json").is_file()
     assert _newest_last(swap_run) and _newest_last((tmp_path / index[0].folder).parent)
