@@ -19,13 +19,13 @@ if TYPE_CHECKING:
 
 __all__ = ["INIT_CHOICE", "build_environment", "cer_figure", "plot_cer", "write_report"]
 
-# Why the default quickstart trains each family's swap with the bridge adaptor: measured with `--compare-init`
-# (benchmarks/results/quickstart_report_compare_init_long.md: int16-scale features, base 2,000 steps, swaps 1,000).
+# Why the default quickstart trains each family's swap with the bridge adaptor: measured with `--compare-init` on
+# the seed-0 world of this recipe (benchmarks/results/quickstart_report_notebooks_world.md).
 INIT_CHOICE = (
-    "The swaps start from the `bridge` adaptor. Measured with `--compare-init` (base 2,000 steps, swaps 1,000), "
-    "the two initialisations end within run-to-run noise of each other (test CER bridge / fresh: Llama-3.2 5.0% / "
-    "4.4%, Gemma-2 6.5% / 6.1%, DeepSeek-V2 6.7% / 7.9%; mean 6.1% both), and the bridge was ahead at the first "
-    "validation in every family (step 250: 26% / 29%, 37% / 39%, 28% / 36%), which counts in a shorter schedule. "
+    "The swaps start from the `bridge` adaptor. Measured with `--compare-init` on the seed-0 world of this recipe, "
+    "bridge and fresh end close (test CER bridge / fresh: Llama-3.2 4.6% / 4.9%, Gemma-2 3.3% / 3.0%, DeepSeek-V2 "
+    "4.9% / 5.9%, Qwen3-1.7B 3.2% / 4.1%; mean 4.0% / 4.5%: one seed, inside the spread between seeds), and `vocab` "
+    "starts far lower (valid CER right after the swap 44-57% against 78-97%) but ends higher (5.5-7.3%; Qwen3 4.1%). "
     "`--compare-init` adds the `fresh` and `vocab` runs and the steps each needs to reach fresh's final CER."
 )
 
