@@ -269,7 +269,11 @@ def test_the_command_serves_a_folder_and_ctrl_c_lets_a_request_in_flight_finish(
     model, processor = load_base(tiny_base_folder)
     (alone,) = transcribe(model, processor, [clip], max_new_tokens=MAX_NEW_TOKENS)
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-c", "from funasr_swap.cli import app; app()", "serve", "--model",
+    # A shell's foreground command gets Ctrl-C with Python's default handler, whatever this process was started
+    # with: a SIGINT ignored here (as a background job's is) would be inherited, and uvicorn would then exit 0.
+    program = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    program += "from funasr_swap.cli import app; app()"
+    command = [sys.executable, "-c", program, "serve", "--model",
                str(tiny_base_folder), "--port", "0", "--max-new-tokens", str(MAX_NEW_TOKENS),
                "--max-wait-ms", "2000"]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
