@@ -18,8 +18,9 @@ Requests/s = requests / wall seconds of the level, RTFx = audio seconds answered
 request, sent to answered. Offline: `transcribe` over every clip in one call at --max-batch-size (the server's
 largest batch), and one clip at a time over the first --baseline-clips, before and after serving (the machine's
 load drifts; the ratios compare RTFx, with the mean of the two). Every served transcript is checked against the
-offline one of its clip. The server logs each model call ("batch of N clip(s)"), which gives the batch sizes of
-each level.
+offline one of its clip. The server logs each model call ("batch of N clip(s) in S s"), which gives the batch sizes
+of each level and the seconds its model calls took (`transcribe` in the server's worker thread, the batch's
+features included) against the level's wall.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from funasr_swap.serve import ServeConfig
 from funasr_swap.transcribe import transcribe
 from tokenmap.io import atomic_write_lines
 
-BATCH_LINE = re.compile(r"batch of (\d+) clip\(s\)")
+BATCH_LINE = re.compile(r"batch of (\d+) clip\(s\) in ([\d.]+) s")
 
 
 def offline(model, processor, clips: list[bytes], batch_size: int, max_new_tokens: int) -> tuple[dict, list[str]]:
@@ -92,8 +93,9 @@ class Server:
                 time.sleep(0.05)
         raise RuntimeError(f"the server does not answer at {self.url}")
 
-    def batch_sizes(self) -> list[int]:
-        return [int(n) for n in BATCH_LINE.findall(self.log.read_text())]
+    def batches(self) -> list[tuple[int, float]]:
+        """(clips, seconds of the model call) of every batch the server has logged."""
+        return [(int(n), float(seconds)) for n, seconds in BATCH_LINE.findall(self.log.read_text())]
 
     def close(self) -> None:
         self.process.terminate()
@@ -142,9 +144,9 @@ def serve_levels(
     try:
         load_level(server.url, clips, max(args.concurrency), max(args.concurrency))  # warm-up, as offline
         for concurrency in args.concurrency:
-            seen = len(server.batch_sizes())
+            seen = len(server.batches())
             wall, latencies, answers = load_level(server.url, clips, concurrency, args.requests)
-            sizes = server.batch_sizes()[seen:]
+            sizes, seconds = zip(*server.batches()[seen:])
             levels.append({
                 "concurrency": concurrency,
                 "requests": len(latencies),
@@ -155,6 +157,9 @@ def serve_levels(
                 "p95_latency_ms": round(1000 * float(np.percentile(latencies, 95)), 1),
                 "mean_batch_size": round(float(np.mean(sizes)), 2),
                 "max_batch_size": max(sizes),
+                # the model calls' share of the wall: the rest is HTTP, uploads' decoding, waiting for batch-mates
+                "model_seconds": round(sum(seconds), 2),
+                "model_share_of_wall": round(sum(seconds) / wall, 2),
                 "clips_answered_unlike_offline": sum(answer != {texts[i]} for i, answer in answers.items()),
                 "load_average_1min": round(os.getloadavg()[0], 2),
             })  # fmt: skip
@@ -269,11 +274,12 @@ def main() -> None:
     for name in ("batched", "one_by_one"):
         print(f"offline {name}, RTFx before / after serving: {offline_runs['before_serving'][name]['rtfx']} / "
               f"{offline_runs['after_serving'][name]['rtfx']}")  # fmt: skip
-    print("| clients | req/s | RTFx | p50 ms | p95 ms | mean batch | vs offline batched | vs one by one "
-          "| unlike offline |\n|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+    print("| clients | req/s | RTFx | p50 ms | p95 ms | mean batch | model share of wall | vs offline batched "
+          "| vs one by one | unlike offline |\n|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
     for level in result["serve"]:
         print(f"| {level['concurrency']} | {level['requests_per_second']} | {level['rtfx']} | "
               f"{level['p50_latency_ms']} | {level['p95_latency_ms']} | {level['mean_batch_size']} | "
+              f"{level['model_share_of_wall']} | "
               f"{level['ratio_to_offline_batched']}x | {level['ratio_to_offline_one_by_one']}x | "
               f"{level['clips_answered_unlike_offline']} |")  # fmt: skip
     if args.out:
