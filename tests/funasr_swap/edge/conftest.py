@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from funasr_swap.miniature import held_out_manifest, read_index
+from funasr_swap.miniature import base_model_folder, held_out_manifest, read_index
 
 # name -> registry LLM of a tiny random-weight swap of the quick world's base
 RANDOM_SWAPS = {
@@ -37,10 +37,8 @@ def edge_sources(quick_world, tmp_path_factory) -> dict[str, Path]:
     from funasr_swap.convert import load_base
     from funasr_swap.swap import swap_llm
 
-    index = read_index(quick_world)
-    folders = {entry.family: quick_world / entry.folder for entry in index if entry.init != "joint"}
-    base = next(quick_world / entry.folder for entry in index if entry.init == "joint")
-    model, processor = load_base(base)
+    folders = {entry.family: quick_world / entry.folder for entry in read_index(quick_world) if entry.init != "joint"}
+    model, processor = load_base(base_model_folder(quick_world))
     root = tmp_path_factory.mktemp("random-swaps")
     for name, llm in RANDOM_SWAPS.items():
         folders[name] = swap_llm(model, processor, llm, random_weights="tiny").save(root / llm)
